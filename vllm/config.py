@@ -1,0 +1,207 @@
+"""Engine configuration: frozen dataclasses, each validated once when built.
+
+Values discovered at run time (the number of KV blocks that fit, say) are returned by
+the component that finds them and never written back here.
+"""
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+_DTYPES = {
+    "float32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "half": torch.float16,
+}
+LOAD_FORMATS = ("auto", "safetensors", "gguf", "dummy")
+EXECUTOR_BACKENDS = ("uni", "mp", "ray")
+
+
+def resolve_dtype(dtype: str | torch.dtype, hf_config: Any) -> torch.dtype:
+    """'auto' picks fp32 on CPU: this project's CPUs have no bf16 units, so the
+    checkpoint's half-precision dtype would only be slower."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        if torch.cuda.is_available():
+            found = getattr(hf_config, "torch_dtype", None) or getattr(
+                hf_config, "dtype", None
+            )
+            if isinstance(found, str):
+                found = _DTYPES.get(found)
+            return found if isinstance(found, torch.dtype) else torch.float32
+        return torch.float32
+    if dtype not in _DTYPES:
+        raise ValueError(
+            f"dtype must be one of auto, {', '.join(sorted(_DTYPES))}; got {dtype!r}"
+        )
+    return _DTYPES[dtype]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    model: str  # what the user named: a path, a .gguf file or a known model id
+    model_path: str  # the local HF-format folder it resolved to
+    tokenizer: str  # local folder holding the tokenizer files
+    hf_config: Any  # transformers.PretrainedConfig of the checkpoint
+    dtype: torch.dtype
+    seed: int
+    max_model_len: int
+    load_format: str = "auto"
+    enforce_eager: bool = True
+
+    def __post_init__(self) -> None:
+        if self.load_format not in LOAD_FORMATS:
+            raise ValueError(
+                f"load_format must be one of {LOAD_FORMATS}; got {self.load_format!r}"
+            )
+        if not os.path.isdir(self.model_path):
+            raise ValueError(f"model_path {self.model_path!r} is not a directory")
+        limit = derive_max_model_len(self.hf_config)
+        if self.max_model_len < 1 or self.max_model_len > limit:
+            raise ValueError(
+                f"max_model_len must be in [1, {limit}] for this model; "
+                f"got {self.max_model_len}"
+            )
+
+    @property
+    def vocab_size(self) -> int:
+        return self.hf_config.vocab_size
+
+    @property
+    def num_layers(self) -> int:
+        return self.hf_config.num_hidden_layers
+
+    @property
+    def num_attention_heads(self) -> int:
+        return self.hf_config.num_attention_heads
+
+    @property
+    def num_kv_heads(self) -> int:
+        c = self.hf_config
+        return getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+
+    @property
+    def head_size(self) -> int:
+        c = self.hf_config
+        return getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+
+
+def derive_max_model_len(hf_config: Any) -> int:
+    return int(getattr(hf_config, "max_position_embeddings", 0) or 2048)
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    block_size: int = 16
+    kv_cache_space_gib: float = 4.0  # GiB of KV cache per worker (CPU)
+    # Fraction of blocks kept free when admitting a new request, so running
+    # requests can grow a little before preemption kicks in.
+    watermark: float = 0.01
+    # Fixes the number of KV blocks instead of sizing them from kv_cache_space_gib
+    # (tests use it to force preemption).
+    num_gpu_blocks_override: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.block_size not in (1, 2, 4, 8, 16, 32, 64, 128):
+            raise ValueError(
+                f"block_size must be a power of two up to 128; got {self.block_size}"
+            )
+        if self.kv_cache_space_gib <= 0:
+            raise ValueError(
+                f"kv_cache_space must be > 0 GiB; got {self.kv_cache_space_gib}"
+            )
+        if not 0.0 <= self.watermark < 1.0:
+            raise ValueError(f"watermark must be in [0, 1); got {self.watermark}")
+        if (
+            self.num_gpu_blocks_override is not None
+            and self.num_gpu_blocks_override < 1
+        ):
+            raise ValueError("num_gpu_blocks_override must be >= 1")
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    tensor_parallel_size: int = 1
+    distributed_executor_backend: str = "uni"
+    # Environment flags, read once here so every component sees the same choice.
+    use_spmd_worker: bool = False
+    use_compiled_dag: bool = False
+    ray_address: str = ""
+
+    @property
+    def world_size(self) -> int:
+        return self.tensor_parallel_size
+
+    def __post_init__(self) -> None:
+        if self.tensor_parallel_size < 1:
+            raise ValueError(
+                f"tensor_parallel_size must be >= 1; got {self.tensor_parallel_size}"
+            )
+        if self.distributed_executor_backend not in EXECUTOR_BACKENDS:
+            raise ValueError(
+                "distributed_executor_backend must be one of "
+                f"{EXECUTOR_BACKENDS}; got {self.distributed_executor_backend!r}"
+            )
+        if self.distributed_executor_backend == "uni" and self.world_size > 1:
+            raise ValueError(
+                "distributed_executor_backend 'uni' runs one worker; "
+                f"tensor_parallel_size {self.world_size} needs 'mp' or 'ray'"
+            )
+        if self.use_compiled_dag and not self.use_spmd_worker:
+            raise ValueError(
+                "VLLM_USE_RAY_COMPILED_DAG=1 needs VLLM_USE_SPMD_WORKER=1 as well "
+                "(and --distributed-executor-backend ray)"
+            )
+        if self.use_spmd_worker and self.distributed_executor_backend != "ray":
+            raise ValueError(
+                "VLLM_USE_SPMD_WORKER=1 runs every rank as a Ray actor: set "
+                "--distributed-executor-backend ray (got "
+                f"{self.distributed_executor_backend!r}), or unset "
+                "VLLM_USE_SPMD_WORKER"
+            )
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192
+    max_model_len: int = 2048
+
+    def __post_init__(self) -> None:
+        if self.max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs must be >= 1; got {self.max_num_seqs}")
+        if self.max_num_batched_tokens < 1:
+            raise ValueError(
+                "max_num_batched_tokens must be >= 1; "
+                f"got {self.max_num_batched_tokens}"
+            )
+
+
+@dataclass(frozen=True)
+class VllmConfig:
+    model_config: ModelConfig
+    cache_config: CacheConfig = field(default_factory=CacheConfig)
+    parallel_config: ParallelConfig = field(default_factory=ParallelConfig)
+    scheduler_config: SchedulerConfig = field(default_factory=SchedulerConfig)
+
+    def __post_init__(self) -> None:
+        """Refuses a TP size the model cannot be split by, before any process
+        starts."""
+        tp = self.parallel_config.tensor_parallel_size
+        heads = self.model_config.num_attention_heads
+        kv_heads = self.model_config.num_kv_heads
+        if heads % tp:
+            raise ValueError(
+                f"tensor_parallel_size {tp} does not divide the model's "
+                f"{heads} attention heads"
+            )
+        if kv_heads % tp and tp % kv_heads:
+            raise ValueError(
+                f"tensor_parallel_size {tp} and the model's {kv_heads} KV heads: "
+                "one must divide the other"
+            )

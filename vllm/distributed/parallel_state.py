@@ -1,0 +1,51 @@
+"""The tensor-parallel group handed to the parallel layers.
+
+It is passed down explicitly (no module-level global), so a model built for one rank
+carries everything it needs. With size 1 every collective is the identity.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class TensorParallelGroup:
+    rank: int = 0
+    size: int = 1
+    group: Any = None  # torch.distributed ProcessGroup when size > 1
+
+    def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+        if self.size > 1:
+            dist.all_reduce(x, group=self.group)
+        return x
+
+    def all_gather(self, x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+        if self.size == 1:
+            return x
+        parts = [torch.empty_like(x) for _ in range(self.size)]
+        dist.all_gather(parts, x.contiguous(), group=self.group)
+        return torch.cat(parts, dim=dim)
+
+    def gather(self, x: torch.Tensor, dim: int = -1) -> torch.Tensor | None:
+        """Concatenation of every rank's x on rank 0; None elsewhere."""
+        if self.size == 1:
+            return x
+        x = x.contiguous()
+        parts = (
+            [torch.empty_like(x) for _ in range(self.size)] if self.rank == 0 else None
+        )
+        dst = dist.get_global_rank(self.group, 0) if self.group is not None else 0
+        dist.gather(x, parts, dst=dst, group=self.group)
+        return torch.cat(parts, dim=dim) if self.rank == 0 else None
+
+
+def divide(numerator: int, denominator: int, what: str) -> int:
+    if numerator % denominator:
+        raise ValueError(
+            f"{what} ({numerator}) is not divisible by the tensor-parallel size "
+            f"({denominator})"
+        )
+    return numerator // denominator

@@ -1,0 +1,122 @@
+"""EngineArgs: the user-facing knobs (CLI flags and ``LLM(...)`` keywords), turned
+into validated frozen configs once."""
+
+import argparse
+import dataclasses
+from dataclasses import dataclass
+
+from vllm import envs
+from vllm.config import (
+    EXECUTOR_BACKENDS,
+    LOAD_FORMATS,
+    CacheConfig,
+    ModelConfig,
+    ParallelConfig,
+    SchedulerConfig,
+    VllmConfig,
+    derive_max_model_len,
+    resolve_dtype,
+)
+from vllm.transformers_utils.model_resolver import (
+    DEFAULT_MODEL,
+    load_hf_config,
+    resolve_model,
+)
+
+
+@dataclass
+class EngineArgs:
+    model: str = DEFAULT_MODEL
+    tokenizer: str | None = None
+    dtype: str = "auto"
+    seed: int = 0
+    max_model_len: int | None = None
+    block_size: int = 16
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int | None = None
+    kv_cache_space: float = 4.0
+    num_gpu_blocks_override: int | None = None
+    tensor_parallel_size: int = 1
+    distributed_executor_backend: str | None = None
+    load_format: str = "auto"
+    enforce_eager: bool = False
+
+    @staticmethod
+    def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        d = EngineArgs()
+        add = parser.add_argument
+        add("--model", type=str, default=d.model, help="HF folder, .gguf, or id")
+        add("--tokenizer", type=str, default=None, help="defaults to --model")
+        add(
+            "--dtype",
+            choices=["auto", "float32", "bfloat16", "float16"],
+            default="auto",
+        )
+        add("--seed", type=int, default=d.seed)
+        add("--max-model-len", type=int, default=None)
+        add("--block-size", type=int, default=d.block_size)
+        add("--max-num-seqs", type=int, default=d.max_num_seqs)
+        add("--max-num-batched-tokens", type=int, default=None)
+        add(
+            "--kv-cache-space",
+            type=float,
+            default=d.kv_cache_space,
+            help="GiB of KV cache per worker (CPU)",
+        )
+        add("--num-gpu-blocks-override", type=int, default=None)
+        add("--tensor-parallel-size", "-tp", type=int, default=1)
+        add("--distributed-executor-backend", choices=EXECUTOR_BACKENDS, default=None)
+        add("--load-format", choices=LOAD_FORMATS, default=d.load_format)
+        add("--enforce-eager", action="store_true")
+        return parser
+
+    @classmethod
+    def from_cli_args(cls, args: argparse.Namespace) -> "EngineArgs":
+        names = [f.name for f in dataclasses.fields(cls)]
+        return cls(**{n: getattr(args, n) for n in names if hasattr(args, n)})
+
+    def create_engine_config(self) -> VllmConfig:
+        path = resolve_model(self.model)
+        hf_config = load_hf_config(path)
+        max_len = self.max_model_len or derive_max_model_len(hf_config)
+        model_config = ModelConfig(
+            model=self.model,
+            model_path=path,
+            tokenizer=resolve_model(self.tokenizer) if self.tokenizer else path,
+            hf_config=hf_config,
+            dtype=resolve_dtype(self.dtype, hf_config),
+            seed=self.seed,
+            max_model_len=max_len,
+            load_format=self.load_format,
+            enforce_eager=self.enforce_eager,
+        )
+        return VllmConfig(
+            model_config=model_config,
+            cache_config=CacheConfig(
+                block_size=self.block_size,
+                kv_cache_space_gib=self.kv_cache_space,
+                num_gpu_blocks_override=self.num_gpu_blocks_override,
+            ),
+            parallel_config=self._parallel_config(),
+            scheduler_config=SchedulerConfig(
+                max_num_seqs=self.max_num_seqs,
+                max_num_batched_tokens=self.max_num_batched_tokens or 2048,
+                max_model_len=max_len,
+            ),
+        )
+
+    def _parallel_config(self) -> ParallelConfig:
+        spmd = envs.VLLM_USE_SPMD_WORKER
+        backend = self.distributed_executor_backend
+        if backend is None:
+            if spmd:
+                backend = "ray"
+            else:
+                backend = "uni" if self.tensor_parallel_size == 1 else "mp"
+        return ParallelConfig(
+            tensor_parallel_size=self.tensor_parallel_size,
+            distributed_executor_backend=backend,
+            use_spmd_worker=spmd,
+            use_compiled_dag=envs.VLLM_USE_RAY_COMPILED_DAG,
+            ray_address=envs.VLLM_RAY_ADDRESS,
+        )

@@ -1,0 +1,93 @@
+"""Every environment variable the project reads, typed and documented in one place.
+
+Values are read when accessed (``vllm.envs.VLLM_X``), not at import, so tests and
+launchers may set them after importing ``vllm``.
+"""
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+
+def _flag(name: str, default: str = "0") -> Callable[[], bool]:
+    return lambda: os.environ.get(name, default).strip().lower() in ("1", "true", "yes")
+
+
+def _int(name: str, default: int) -> Callable[[], int]:
+    return lambda: int(os.environ.get(name, str(default)))
+
+
+def _float(name: str, default: float) -> Callable[[], float]:
+    return lambda: float(os.environ.get(name, str(default)))
+
+
+def _str(name: str, default: str) -> Callable[[], str]:
+    return lambda: os.environ.get(name, default)
+
+
+_VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
+    "VLLM_TARGET_DEVICE": (
+        _str("VLLM_TARGET_DEVICE", "cpu"),
+        "Build only: which kernel sources setup.py compiles, 'cpu' or 'cuda'.",
+    ),
+    "VLLM_CACHE_ROOT": (
+        _str(
+            "VLLM_CACHE_ROOT",
+            os.path.join(os.path.expanduser("~"), ".cache", "vllm"),
+        ),
+        "Where converted checkpoints (GGUF -> safetensors) are cached.",
+    ),
+    "VLLM_LOGGING_LEVEL": (
+        _str("VLLM_LOGGING_LEVEL", "INFO"),
+        "Log level of the 'vllm' logger.",
+    ),
+    "VLLM_CPU_NUM_THREADS": (
+        _int("VLLM_CPU_NUM_THREADS", 0),
+        "torch threads per worker; 0 splits the machine's cores evenly between the "
+        "tensor-parallel ranks so they do not oversubscribe the CPU.",
+    ),
+    "VLLM_USE_CUSTOM_KERNELS": (
+        _flag("VLLM_USE_CUSTOM_KERNELS", "1"),
+        "Use the compiled vllm._C kernels when they are built; 0 forces the "
+        "pure-torch paths (for comparisons).",
+    ),
+    "VLLM_USE_SPMD_WORKER": (
+        lambda: _flag("VLLM_USE_SPMD_WORKER")() or _flag("VLLM_USE_RAY_SPMD_WORKER")(),
+        "Run every rank, rank 0 included, as its own Ray actor (no driver worker in "
+        "the engine process). VLLM_USE_RAY_SPMD_WORKER is accepted as an alias.",
+    ),
+    "VLLM_USE_RAY_COMPILED_DAG": (
+        _flag("VLLM_USE_RAY_COMPILED_DAG"),
+        "With VLLM_USE_SPMD_WORKER: send each step through a Ray Compiled Graph "
+        "over shared-memory channels instead of plain actor calls.",
+    ),
+    "VLLM_RAY_CGRAPH_SUBMIT_TIMEOUT": (
+        _float("VLLM_RAY_CGRAPH_SUBMIT_TIMEOUT", 300.0),
+        "Seconds the engine waits to write a step into the compiled graph. Long, "
+        "because a slow prefill step must not be taken for a hang.",
+    ),
+    "VLLM_RAY_CGRAPH_GET_TIMEOUT": (
+        _float("VLLM_RAY_CGRAPH_GET_TIMEOUT", 300.0),
+        "Seconds the engine waits for a step's result before it declares a hang.",
+    ),
+    "VLLM_WORKER_LIVENESS_POLL_S": (
+        _float("VLLM_WORKER_LIVENESS_POLL_S", 1.0),
+        "While waiting for a step, how often the engine checks that every worker "
+        "process is still alive, so a dead rank is reported instead of hanging.",
+    ),
+    "VLLM_RAY_ADDRESS": (
+        _str("VLLM_RAY_ADDRESS", ""),
+        "Address of a running Ray cluster to join; empty joins a local one if up, "
+        "else starts one.",
+    ),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _VARIABLES:
+        return _VARIABLES[name][0]()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return list(_VARIABLES)

@@ -1,0 +1,202 @@
+"""Llama-architecture decoder (Llama 2/3, SmolLM2, Mistral, Qwen2), built from
+tensor-parallel layers. It reads like the math; sharding lives in the layers."""
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from vllm.distributed.parallel_state import TensorParallelGroup
+from vllm.model_executor.layers.activation import SiluAndMul
+from vllm.model_executor.layers.attention import Attention, AttentionMetadata, KVCache
+from vllm.model_executor.layers.layernorm import RMSNorm
+from vllm.model_executor.layers.linear import (
+    MergedColumnParallelLinear,
+    QKVParallelLinear,
+    RowParallelLinear,
+)
+from vllm.model_executor.layers.rotary_embedding import RotaryEmbedding, rope_parameters
+from vllm.model_executor.layers.vocab_parallel_embedding import (
+    ParallelLMHead,
+    VocabParallelEmbedding,
+)
+
+
+def _head_dim(c: Any) -> int:
+    return getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+
+
+def _has_qkv_bias(c: Any) -> bool:
+    return bool(getattr(c, "attention_bias", False)) or c.model_type == "qwen2"
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, c: Any, tp: TensorParallelGroup):
+        super().__init__()
+        head_dim = _head_dim(c)
+        num_kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+        self.qkv_proj = QKVParallelLinear(
+            c.hidden_size,
+            head_dim,
+            c.num_attention_heads,
+            num_kv_heads,
+            tp,
+            bias=_has_qkv_bias(c),
+        )
+        heads, kv_heads = self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads
+        self.q_size, self.kv_size = heads * head_dim, kv_heads * head_dim
+        self.o_proj = RowParallelLinear(
+            c.num_attention_heads * head_dim,
+            c.hidden_size,
+            tp,
+            bias=bool(getattr(c, "attention_bias", False)),
+        )
+        self.rotary_emb = RotaryEmbedding(
+            head_dim, c.max_position_embeddings, rope_parameters(c)
+        )
+        self.attn = Attention(heads, head_dim, kv_heads)
+
+    def forward(
+        self,
+        positions: torch.Tensor,  # [T]
+        x: torch.Tensor,  # [T, H]
+        kv_cache: KVCache,
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:
+        qkv = self.qkv_proj(x)
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q, k = self.rotary_emb(positions, q, k)
+        return self.o_proj(self.attn(q, k, v, kv_cache, meta))
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, c: Any, tp: TensorParallelGroup):
+        super().__init__()
+        size = c.intermediate_size
+        bias = bool(getattr(c, "mlp_bias", False))
+        self.gate_up_proj = MergedColumnParallelLinear(
+            c.hidden_size, [size, size], tp, bias=bias
+        )
+        self.down_proj = RowParallelLinear(size, c.hidden_size, tp, bias=bias)
+        self.act_fn = SiluAndMul()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_up_proj(x)))
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, c: Any, tp: TensorParallelGroup):
+        super().__init__()
+        self.self_attn = LlamaAttention(c, tp)
+        self.mlp = LlamaMLP(c, tp)
+        self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+
+    def forward(
+        self,
+        positions: torch.Tensor,
+        x: torch.Tensor,
+        residual: torch.Tensor | None,
+        kv_cache: KVCache,
+        meta: AttentionMetadata,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if residual is None:
+            residual = x.clone()
+            x = self.input_layernorm(x)
+        else:
+            x, residual = self.input_layernorm(x, residual)
+        x = self.self_attn(positions, x, kv_cache, meta)
+        x, residual = self.post_attention_layernorm(x, residual)
+        return self.mlp(x), residual
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, c: Any, tp: TensorParallelGroup):
+        super().__init__()
+        self.embed_tokens = VocabParallelEmbedding(c.vocab_size, c.hidden_size, tp)
+        self.layers = nn.ModuleList(
+            LlamaDecoderLayer(c, tp) for _ in range(c.num_hidden_layers)
+        )
+        self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # [T]
+        positions: torch.Tensor,  # [T]
+        kv_caches: list[KVCache],  # one per layer
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:  # [T, H]
+        x, residual = self.embed_tokens(input_ids), None
+        for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
+            x, residual = layer(positions, x, residual, kv_cache, meta)
+        x, _ = self.norm(x, residual)
+        return x
+
+
+# HF checkpoint name fragment -> (our fused parameter fragment, shard id)
+_STACKED = [
+    (".q_proj.", ".qkv_proj.", "q"),
+    (".k_proj.", ".qkv_proj.", "k"),
+    (".v_proj.", ".qkv_proj.", "v"),
+    (".gate_proj.", ".gate_up_proj.", 0),
+    (".up_proj.", ".gate_up_proj.", 1),
+]
+
+
+class LlamaForCausalLM(nn.Module):
+    def __init__(self, c: Any, tp: TensorParallelGroup):
+        super().__init__()
+        self.config = c
+        self.model = LlamaModel(c, tp)
+        self.lm_head = ParallelLMHead(c.vocab_size, c.hidden_size, tp)
+        if getattr(c, "tie_word_embeddings", False):
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        kv_caches: list[KVCache],
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:
+        return self.model(input_ids, positions, kv_caches, meta)
+
+    def compute_logits(
+        self, hidden: torch.Tensor, gather_to_all: bool = True
+    ) -> torch.Tensor | None:  # [N, H] -> [N, vocab]
+        return self.lm_head.compute_logits(hidden, gather_to_all)
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        """Loads HF-named tensors; returns the parameter names that were filled."""
+        params = dict(self.named_parameters(remove_duplicate=False))
+        owners = {name: self.get_submodule(name.rsplit(".", 1)[0]) for name in params}
+        tied = getattr(self.config, "tie_word_embeddings", False)
+        loaded: set[str] = set()
+        for name, tensor in weights:
+            if "rotary_emb.inv_freq" in name or (tied and name == "lm_head.weight"):
+                continue
+            shard_id = None
+            for hf_part, our_part, sid in _STACKED:
+                if hf_part in name:
+                    name, shard_id = name.replace(hf_part, our_part), sid
+                    break
+            if name not in params:
+                raise ValueError(f"checkpoint tensor {name!r} matches no parameter")
+            loader = (
+                owners[name].weight_loader
+                if hasattr(owners[name], "weight_loader")
+                else _copy_whole
+            )
+            args = (params[name], tensor) + (() if shard_id is None else (shard_id,))
+            loader(*args)
+            loaded.add(name)
+        if tied:
+            loaded.add("lm_head.weight")
+        return loaded
+
+
+def _copy_whole(param: nn.Parameter, loaded: torch.Tensor) -> None:
+    if param.shape != loaded.shape:
+        raise ValueError(f"shape mismatch: {tuple(loaded.shape)} vs {param.shape}")
+    param.data.copy_(loaded)

@@ -1,0 +1,70 @@
+"""One tensor-parallel rank: owns the model weights and the KV cache.
+
+Every method here is reachable through the executor's ``collective_rpc`` on every
+backend; ``execute_model`` is the per-step entry point.
+"""
+
+import os
+
+import torch
+
+from vllm import envs
+from vllm.config import VllmConfig
+from vllm.distributed.parallel_state import TensorParallelGroup
+from vllm.messages import ExecuteModelRequest, SamplerOutput
+from vllm.worker.model_runner import ModelRunner
+
+
+class Worker:
+    def __init__(
+        self,
+        vllm_config: VllmConfig,
+        rank: int = 0,
+        distributed_init_method: str | None = None,
+    ):
+        self.config = vllm_config
+        self.rank = rank
+        self.distributed_init_method = distributed_init_method
+        self.tp = TensorParallelGroup()
+        self.model_runner: ModelRunner | None = None
+
+    def init_device(self) -> None:
+        world = self.config.parallel_config.world_size
+        threads = envs.VLLM_CPU_NUM_THREADS or max(1, (os.cpu_count() or 1) // world)
+        torch.set_num_threads(threads)
+        self.model_runner = ModelRunner(self.config, self.tp)
+
+    def load_model(self) -> None:
+        self.model_runner.load_model()
+
+    def _num_local_kv_heads(self) -> int:
+        mc = self.config.model_config
+        return max(1, mc.num_kv_heads // self.tp.size)
+
+    def determine_num_available_blocks(self) -> int:
+        """How many KV blocks fit in this rank's KV-cache space."""
+        cc, mc = self.config.cache_config, self.config.model_config
+        if cc.num_gpu_blocks_override is not None:
+            return cc.num_gpu_blocks_override
+        elem = torch.tensor([], dtype=mc.dtype).element_size()
+        per_block = (
+            2
+            * mc.num_layers
+            * cc.block_size
+            * self._num_local_kv_heads()
+            * mc.head_size
+        ) * elem
+        return max(1, int(cc.kv_cache_space_gib * (1 << 30)) // per_block)
+
+    def initialize_cache(self, num_blocks: int) -> None:
+        self.model_runner.initialize_cache(num_blocks, self._num_local_kv_heads())
+
+    def execute_model(self, req: ExecuteModelRequest) -> SamplerOutput | None:
+        out = self.model_runner.execute_model(req)
+        return out if self.rank == 0 else None
+
+    def check_health(self) -> None:
+        return None
+
+    def shutdown(self) -> None:
+        self.model_runner = None
