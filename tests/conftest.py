@@ -1,0 +1,111 @@
+"""Shared fixtures: tiny random Llama checkpoints written with transformers, the
+bundled SmolLM2, and Hugging Face reference generation."""
+
+import os
+import shutil
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Tokenizer files that make a checkpoint folder loadable by AutoTokenizer.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+
+TINY_VARIANTS = {
+    # name: (config class name, overrides)
+    "llama_gqa": ("LlamaConfig", dict(num_attention_heads=4, num_key_value_heads=2)),
+    "llama_mha_tied": (
+        "LlamaConfig",
+        dict(num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True),
+    ),
+    "qwen2_bias": ("Qwen2Config", dict(num_attention_heads=4, num_key_value_heads=2)),
+    "llama_tp4": ("LlamaConfig", dict(num_attention_heads=8, num_key_value_heads=4)),
+}
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> str:
+    from vllm.transformers_utils.model_resolver import DEFAULT_MODEL, resolve_model
+
+    return resolve_model(DEFAULT_MODEL)
+
+
+def write_tiny_checkpoint(out_dir: str, variant: str, tokenizer_dir: str) -> str:
+    import transformers
+
+    cls_name, overrides = TINY_VARIANTS[variant]
+    base = dict(
+        vocab_size=1024,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    config = getattr(transformers, cls_name)(**{**base, **overrides})
+    torch.manual_seed(1234)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    # Random init gives near-uniform logits; sharpen them so greedy decoding is
+    # far from ties and the comparison with HF is meaningful.
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" not in name:
+                param.mul_(8.0)
+    model.save_pretrained(out_dir)
+    for name in _TOKENIZER_FILES:
+        src = os.path.join(tokenizer_dir, name)
+        if os.path.exists(src):
+            shutil.copy(src, out_dir)
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, smollm2_path):
+    """Factory: tiny_model(variant) -> folder of a tiny random checkpoint."""
+    made: dict[str, str] = {}
+
+    def make(variant: str = "llama_gqa") -> str:
+        if variant not in made:
+            out = str(tmp_path_factory.mktemp(variant))
+            made[variant] = write_tiny_checkpoint(out, variant, smollm2_path)
+        return made[variant]
+
+    return make
+
+
+def hf_greedy(
+    model_path: str,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    top_logprobs: int = 0,
+):
+    """Greedy continuation of each prompt by transformers in fp32, EOS ignored.
+    Returns (token ids per prompt, per-step log-softmax rows per prompt or None)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    model.eval()
+    tokens, logprobs = [], []
+    with torch.inference_mode():
+        for prompt in prompts:
+            ids = torch.tensor([prompt])
+            out = model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=max_new_tokens,
+                min_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=None,
+                pad_token_id=0,
+                output_logits=bool(top_logprobs),
+                return_dict_in_generate=True,
+            )
+            tokens.append(out.sequences[0, len(prompt) :].tolist())
+            if top_logprobs:
+                rows = [torch.log_softmax(s[0].float(), -1) for s in out.logits]
+                logprobs.append(rows)
+    return tokens, (logprobs if top_logprobs else None)
