@@ -22,7 +22,8 @@ class RequestStates:
 
     def apply(self, req: ExecuteModelRequest) -> list[tuple[CachedRequestState, int]]:
         """Applies one step's delta; returns the scheduled requests with their
-        token counts, in the order the engine scheduled them."""
+        token counts: new requests first, then running ones, each in message
+        order."""
         for req_id in req.finished_req_ids:
             self.states.pop(req_id, None)
         scheduled = []

@@ -109,7 +109,7 @@ def _sample_random(
     top_ks = [r.sampling.top_k for r in rows]
     if any(k > 0 for k in top_ks):
         vocab = logits.shape[-1]
-        ks = torch.tensor([k if k > 0 else vocab for k in top_ks])
+        ks = torch.tensor([min(k, vocab) if k > 0 else vocab for k in top_ks])
         kth = logits.topk(int(ks.max()), dim=-1).values.gather(1, (ks - 1).unsqueeze(1))
         logits.masked_fill_(logits < kth, float("-inf"))
     top_ps = torch.tensor([r.sampling.top_p for r in rows], dtype=logits.dtype)
