@@ -1,0 +1,39 @@
+// Declarations of the kernels registered in torch_bindings.cpp. Every op
+// writes into caller-provided tensors; "!" in the schemas marks which.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+void rms_norm(at::Tensor& out,           // [T, H]
+              const at::Tensor& x,       // [T, H]
+              const at::Tensor& weight,  // [H]
+              double eps);
+
+void fused_add_rms_norm(at::Tensor& x,         // [T, H]: becomes norm(x + res) * w
+                        at::Tensor& residual,  // [T, H]: becomes x + res
+                        const at::Tensor& weight,  // [H]
+                        double eps);
+
+void rotary_embedding(const at::Tensor& positions,  // [T] int64
+                      at::Tensor& query,            // [T, Hq * D], in place
+                      at::Tensor& key,              // [T, Hkv * D], in place
+                      int64_t head_size,
+                      const at::Tensor& cos_sin_cache,  // [max_pos, rot_dim]
+                      bool is_neox);
+
+void silu_and_mul(at::Tensor& out,      // [T, I]
+                  const at::Tensor& x);  // [T, 2 * I]: gate then up
+
+void reshape_and_cache(const at::Tensor& key,    // [T, Hkv, D]
+                       const at::Tensor& value,  // [T, Hkv, D]
+                       at::Tensor& key_cache,    // [num_blocks, Hkv, bs, D]
+                       at::Tensor& value_cache,  // [num_blocks, Hkv, bs, D]
+                       const at::Tensor& slot_mapping);  // [T] int64
+
+void paged_attention_decode(at::Tensor& out,               // [B, Hq, D]
+                            const at::Tensor& query,       // [B, Hq, D]
+                            const at::Tensor& key_cache,   // [num_blocks, Hkv, bs, D]
+                            const at::Tensor& value_cache,  // same as key_cache
+                            const at::Tensor& block_tables,  // [B, max_blocks] int32
+                            const at::Tensor& context_lens,  // [B] int32
+                            double scale);

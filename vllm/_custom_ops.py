@@ -1,0 +1,245 @@
+"""Typed wrappers of the compute ops the model layers call.
+
+Each op has a pure-torch implementation here, importable as ``_torch_<op>``.
+When the compiled extension ``vllm._C`` is built, the public ``<op>`` wrappers
+dispatch to its kernels (``torch.ops._C.<op>``, see ``csrc/torch_bindings.cpp``)
+for fp32/bf16 CPU tensors; ``VLLM_USE_CUSTOM_KERNELS=0`` forces the torch path.
+``HAS_KERNELS`` tells whether the extension loaded. All ops write into
+caller-provided tensors, so both paths share one calling shape.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from vllm import envs
+from vllm.logger import init_logger
+
+logger = init_logger(__name__)
+
+# Dtypes the compiled kernels take; anything else runs the torch path.
+_KERNEL_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def _load_kernels() -> bool:
+    try:
+        import vllm._C  # noqa: F401  (loading it registers torch.ops._C.*)
+    except ImportError as e:
+        logger.warning(
+            "vllm._C is not built (%s); using the slower pure-torch ops. Build it "
+            "with: pip install -e . --no-build-isolation",
+            e,
+        )
+        return False
+    return True
+
+
+# True when the compiled kernels are loaded (whether or not they are enabled).
+HAS_KERNELS: bool = _load_kernels()
+
+
+def kernels_enabled(x: torch.Tensor, *others: torch.Tensor) -> bool:
+    """Whether an op on `x` runs the compiled kernel (else the torch code).
+
+    The kernels want one dtype for all their float tensors; `others` must
+    match `x`, where the torch code would silently promote instead."""
+    return (
+        HAS_KERNELS
+        and x.is_cpu
+        and x.dtype in _KERNEL_DTYPES
+        and all(t.dtype == x.dtype for t in others)
+        and envs.VLLM_USE_CUSTOM_KERNELS
+    )
+
+
+def _torch_rms_norm(
+    out: torch.Tensor,  # [T, H]
+    x: torch.Tensor,  # [T, H]
+    weight: torch.Tensor,  # [H]
+    eps: float,
+) -> None:
+    xf = x.float()
+    var = xf.pow(2).mean(dim=-1, keepdim=True)
+    out.copy_((xf * torch.rsqrt(var + eps)).to(x.dtype) * weight)
+
+
+def _torch_fused_add_rms_norm(
+    x: torch.Tensor,  # [T, H]; becomes norm(x + residual) * weight
+    residual: torch.Tensor,  # [T, H]; becomes x + residual
+    weight: torch.Tensor,  # [H]
+    eps: float,
+) -> None:
+    residual.add_(x)
+    _torch_rms_norm(x, residual, weight, eps)
+
+
+def _torch_rotary_embedding(
+    positions: torch.Tensor,  # [T] int64
+    query: torch.Tensor,  # [T, Hq * D], rotated in place
+    key: torch.Tensor,  # [T, Hkv * D], rotated in place
+    head_size: int,
+    cos_sin_cache: torch.Tensor,  # [max_position, rot_dim]: cos half, then sin half
+    is_neox: bool,
+) -> None:
+    cos, sin = cos_sin_cache[positions].chunk(2, dim=-1)  # [T, rot_dim / 2] each
+    rot_dim = cos_sin_cache.shape[-1]
+    for x in (query, key):
+        t = x.shape[0]
+        heads = x.view(t, -1, head_size)
+        rot = heads[..., :rot_dim]
+        if is_neox:
+            x1, x2 = rot[..., : rot_dim // 2], rot[..., rot_dim // 2 :]
+        else:
+            x1, x2 = rot[..., 0::2], rot[..., 1::2]
+        c, s = cos.unsqueeze(1), sin.unsqueeze(1)
+        o1 = x1 * c - x2 * s
+        o2 = x2 * c + x1 * s
+        if is_neox:
+            rot.copy_(torch.cat((o1, o2), dim=-1))
+        else:
+            rot.copy_(torch.stack((o1, o2), dim=-1).flatten(-2))
+
+
+def _torch_silu_and_mul(
+    out: torch.Tensor,  # [T, I]
+    x: torch.Tensor,  # [T, 2 * I]: gate then up
+) -> None:
+    d = x.shape[-1] // 2
+    out.copy_(F.silu(x[..., :d]) * x[..., d:])
+
+
+def _torch_reshape_and_cache(
+    key: torch.Tensor,  # [T, Hkv, D]
+    value: torch.Tensor,  # [T, Hkv, D]
+    key_cache: torch.Tensor,  # [num_blocks, Hkv, block_size, D]
+    value_cache: torch.Tensor,  # [num_blocks, Hkv, block_size, D]
+    slot_mapping: torch.Tensor,  # [T] int64: block_id * block_size + offset
+) -> None:
+    keep = slot_mapping >= 0  # -1 marks padding; it would wrap to the last block
+    if not bool(keep.all()):
+        key, value, slot_mapping = key[keep], value[keep], slot_mapping[keep]
+    block_size = key_cache.shape[2]
+    blocks = slot_mapping // block_size
+    offsets = slot_mapping % block_size
+    key_cache[blocks, :, offsets] = key
+    value_cache[blocks, :, offsets] = value
+
+
+def _torch_paged_attention_decode(
+    out: torch.Tensor,  # [B, Hq, D]
+    query: torch.Tensor,  # [B, Hq, D]: one query token per sequence
+    key_cache: torch.Tensor,  # [num_blocks, Hkv, block_size, D]
+    value_cache: torch.Tensor,  # [num_blocks, Hkv, block_size, D]
+    block_tables: torch.Tensor,  # [B, max_blocks] int32
+    context_lens: torch.Tensor,  # [B] int32: keys each query attends to
+    scale: float,
+) -> None:
+    """Gathers every sequence's blocks into a padded batch and masks the tail."""
+    b, hq, d = query.shape
+    _, hkv, block_size, _ = key_cache.shape
+    max_len = int(context_lens.max())
+    nblk = (max_len + block_size - 1) // block_size
+    table = block_tables[:, :nblk].long()
+    # [B, nblk, Hkv, bs, D] -> [B, Hkv, nblk * bs, D]
+    k = key_cache[table].transpose(1, 2).reshape(b, hkv, nblk * block_size, d)
+    v = value_cache[table].transpose(1, 2).reshape(b, hkv, nblk * block_size, d)
+    group = hq // hkv
+    q = query.view(b, hkv, group, d)
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # [B, Hkv, G, L]
+    pos = torch.arange(nblk * block_size, device=query.device)
+    mask = pos[None, :] >= context_lens[:, None].long()  # [B, L]
+    scores.masked_fill_(mask[:, None, None, :], float("-inf"))
+    probs = torch.softmax(scores.float(), dim=-1).to(v.dtype)
+    out.copy_(torch.matmul(probs, v).view(b, hq, d))
+
+
+# Public ops: the compiled kernel when enabled, else the torch code above.
+
+
+def rms_norm(
+    out: torch.Tensor,  # [T, H]
+    x: torch.Tensor,  # [T, H]
+    weight: torch.Tensor,  # [H]
+    eps: float,
+) -> None:
+    if kernels_enabled(x, out, weight):
+        torch.ops._C.rms_norm(out, x, weight, eps)
+    else:
+        _torch_rms_norm(out, x, weight, eps)
+
+
+def fused_add_rms_norm(
+    x: torch.Tensor,  # [T, H]; becomes norm(x + residual) * weight
+    residual: torch.Tensor,  # [T, H]; becomes x + residual
+    weight: torch.Tensor,  # [H]
+    eps: float,
+) -> None:
+    if kernels_enabled(x, residual, weight):
+        torch.ops._C.fused_add_rms_norm(x, residual, weight, eps)
+    else:
+        _torch_fused_add_rms_norm(x, residual, weight, eps)
+
+
+def rotary_embedding(
+    positions: torch.Tensor,  # [T] int64
+    query: torch.Tensor,  # [T, Hq * D], rotated in place
+    key: torch.Tensor,  # [T, Hkv * D], rotated in place
+    head_size: int,
+    cos_sin_cache: torch.Tensor,  # [max_position, rot_dim]: cos half, then sin half
+    is_neox: bool,
+) -> None:
+    """The kernel reads strided rows (e.g. slices of a fused qkv output) and
+    writes them in place, so no contiguous copies are made."""
+    # The kernel also takes an fp32 table with bf16 activations.
+    cache_ok = cos_sin_cache.dtype in (torch.float32, query.dtype)
+    if cache_ok and kernels_enabled(query, key):
+        torch.ops._C.rotary_embedding(
+            positions, query, key, head_size, cos_sin_cache, is_neox
+        )
+    else:
+        _torch_rotary_embedding(
+            positions, query, key, head_size, cos_sin_cache, is_neox
+        )
+
+
+def silu_and_mul(
+    out: torch.Tensor,  # [T, I]
+    x: torch.Tensor,  # [T, 2 * I]: gate then up
+) -> None:
+    if kernels_enabled(x, out):
+        torch.ops._C.silu_and_mul(out, x)
+    else:
+        _torch_silu_and_mul(out, x)
+
+
+def reshape_and_cache(
+    key: torch.Tensor,  # [T, Hkv, D]
+    value: torch.Tensor,  # [T, Hkv, D]
+    key_cache: torch.Tensor,  # [num_blocks, Hkv, block_size, D]
+    value_cache: torch.Tensor,  # [num_blocks, Hkv, block_size, D]
+    slot_mapping: torch.Tensor,  # [T] int64: block_id * block_size + offset
+) -> None:
+    """Slots of -1 (padding tokens) are skipped by the kernel."""
+    if kernels_enabled(key, value, key_cache, value_cache):
+        torch.ops._C.reshape_and_cache(key, value, key_cache, value_cache, slot_mapping)
+    else:
+        _torch_reshape_and_cache(key, value, key_cache, value_cache, slot_mapping)
+
+
+def paged_attention_decode(
+    out: torch.Tensor,  # [B, Hq, D]
+    query: torch.Tensor,  # [B, Hq, D]: one query token per sequence
+    key_cache: torch.Tensor,  # [num_blocks, Hkv, block_size, D]
+    value_cache: torch.Tensor,  # [num_blocks, Hkv, block_size, D]
+    block_tables: torch.Tensor,  # [B, max_blocks] int32
+    context_lens: torch.Tensor,  # [B] int32: keys each query attends to
+    scale: float,
+) -> None:
+    """GQA-aware: query head h reads kv head h // (Hq // Hkv)."""
+    if kernels_enabled(query, out, key_cache, value_cache):
+        torch.ops._C.paged_attention_decode(
+            out, query, key_cache, value_cache, block_tables, context_lens, scale
+        )
+    else:
+        _torch_paged_attention_decode(
+            out, query, key_cache, value_cache, block_tables, context_lens, scale
+        )
