@@ -4,7 +4,9 @@ It is passed down explicitly (no module-level global), so a model built for one 
 carries everything it needs. With size 1 every collective is the identity.
 """
 
+import socket
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -29,6 +31,13 @@ class TensorParallelGroup:
         dist.all_gather(parts, x.contiguous(), group=self.group)
         return torch.cat(parts, dim=dim)
 
+    def broadcast(self, x: torch.Tensor) -> torch.Tensor:
+        """In place, from TP rank 0."""
+        if self.size > 1:
+            src = dist.get_global_rank(self.group, 0) if self.group is not None else 0
+            dist.broadcast(x, src=src, group=self.group)
+        return x
+
     def gather(self, x: torch.Tensor, dim: int = -1) -> torch.Tensor | None:
         """Concatenation of every rank's x on rank 0; None elsewhere."""
         if self.size == 1:
@@ -49,3 +58,30 @@ def divide(numerator: int, denominator: int, what: str) -> int:
             f"({denominator})"
         )
     return numerator // denominator
+
+
+def get_open_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed(
+    rank: int, world_size: int, init_method: str
+) -> TensorParallelGroup:
+    """Joins the world group (gloo on CPU, NCCL with CUDA); the TP group spans it.
+    The timeout bounds how long a rank waits on a dead peer."""
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(
+        backend,
+        init_method=init_method,
+        rank=rank,
+        world_size=world_size,
+        timeout=timedelta(minutes=10),
+    )
+    return TensorParallelGroup(rank=rank, size=world_size, group=dist.group.WORLD)
+
+
+def destroy_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -48,4 +48,10 @@ class Executor:
             from vllm.executor.uniproc_executor import UniProcExecutor
 
             return UniProcExecutor
-        raise ValueError(f"distributed executor backend {backend!r} is not available")
+        if backend == "mp":
+            from vllm.executor.mp_executor import MultiprocExecutor
+
+            return MultiprocExecutor
+        from vllm.executor.ray_executor import RayDriverExecutor
+
+        return RayDriverExecutor

@@ -1,6 +1,14 @@
-"""Builds batch tensors from the worker's request states, runs the model, samples."""
+"""Builds batch tensors from the worker's request states, runs the model, samples.
 
-from dataclasses import dataclass
+Three ways to drive it, one per control plane:
+- ``execute_model(req)`` on every rank (uni, SPMD): each rank builds identical inputs
+  from its own request states, logits are all-gathered, and every rank samples the
+  same tokens (the sampler is a pure function of seed and logits), so all ranks keep
+  identical request states;
+- legacy driver: rank 0 runs ``execute_model(req)`` with ``broadcast=True``, which
+  also sends the packed inputs to the others; logits are gathered to rank 0 only;
+- legacy followers: ``execute_broadcast()`` receives the inputs and runs the forward.
+"""
 
 import torch
 
@@ -10,24 +18,17 @@ from vllm.messages import ExecuteModelRequest, Logprobs, SamplerOutput
 from vllm.model_executor.layers.attention import AttentionMetadata, PrefillSeq
 from vllm.model_executor.layers.sampler import logprobs_at, sample
 from vllm.model_executor.model_loader.loader import get_model
+from vllm.worker.model_input import STOP_HEADER, ModelInput, header_template
 from vllm.worker.request_state import CachedRequestState, RequestStates
 
-
-@dataclass
-class ModelInput:
-    input_ids: torch.Tensor  # [T]
-    positions: torch.Tensor  # [T]
-    meta: AttentionMetadata
-    sample_rows: list[int]  # batch row of the last token of each sampling request
-    sample_states: list[CachedRequestState]  # parallel to sample_rows
-    # (request, first batch row, rows) for prompt positions that want logprobs
-    prompt_logprob_spans: list[tuple[CachedRequestState, int, int]]
+_EMPTY = SamplerOutput(req_ids=[], sampled_token_ids=[], logprobs=[])
 
 
 class ModelRunner:
-    def __init__(self, config: VllmConfig, tp: TensorParallelGroup):
+    def __init__(self, config: VllmConfig, tp: TensorParallelGroup, broadcast: bool):
         self.config = config
         self.tp = tp
+        self.broadcast = broadcast  # legacy driver: ship inputs to the followers
         self.block_size = config.cache_config.block_size
         self.requests = RequestStates()
         self.model = None
@@ -48,16 +49,20 @@ class ModelRunner:
     def execute_model(self, req: ExecuteModelRequest) -> SamplerOutput:
         scheduled = self.requests.apply(req)
         if not scheduled:
-            return SamplerOutput(req_ids=[], sampled_token_ids=[], logprobs=[])
+            return _EMPTY
         inp = self.prepare_inputs(scheduled)
-        hidden = self.model(inp.input_ids, inp.positions, self.kv_caches, inp.meta)
-        prompt_logprobs = self._prompt_logprobs(hidden, inp)
+        if self.broadcast:
+            header, body = inp.pack()
+            self.tp.broadcast(header)
+            self.tp.broadcast(body)
+        logits = self._forward(inp, gather_to_all=not self.broadcast)
         for state, n in scheduled:
             state.num_computed_tokens += n
-        if not inp.sample_rows:
+        num_sampled = len(inp.sample_states)
+        prompt_logprobs = self._prompt_logprobs(logits[num_sampled:], inp)
+        if not num_sampled:
             return SamplerOutput([], [], [], prompt_logprobs)
-        logits = self.model.compute_logits(hidden[inp.sample_rows])
-        tokens, logprobs = sample(logits.float(), inp.sample_states)
+        tokens, logprobs = sample(logits[:num_sampled], inp.sample_states)
         for state, token in zip(inp.sample_states, tokens):
             state.token_ids.append(token)
         return SamplerOutput(
@@ -66,6 +71,30 @@ class ModelRunner:
             logprobs=logprobs,
             prompt_logprobs=prompt_logprobs,
         )
+
+    @torch.inference_mode()
+    def execute_broadcast(self) -> bool:
+        """Legacy follower: runs one step sent by the driver; False on stop."""
+        header = header_template()
+        self.tp.broadcast(header)
+        if torch.equal(header, STOP_HEADER):
+            return False
+        body = torch.empty(ModelInput.body_len(header), dtype=torch.long)
+        self.tp.broadcast(body)
+        self._forward(ModelInput.unpack(header, body), gather_to_all=False)
+        return True
+
+    def stop_followers(self) -> None:
+        self.tp.broadcast(STOP_HEADER.clone())
+
+    def _forward(self, inp: ModelInput, gather_to_all: bool) -> torch.Tensor | None:
+        """-> float32 logits [N, vocab] of inp.logits_rows (None on ranks that
+        only contributed to a gather)."""
+        hidden = self.model(inp.input_ids, inp.positions, self.kv_caches, inp.meta)
+        if not len(inp.logits_rows):
+            return torch.empty(0, 0)
+        logits = self.model.compute_logits(hidden[inp.logits_rows], gather_to_all)
+        return None if logits is None else logits.float()
 
     def prepare_inputs(
         self, scheduled: list[tuple[CachedRequestState, int]]
@@ -76,7 +105,7 @@ class ModelRunner:
         positions: list[int] = []
         slots: list[int] = []
         decode_tables, decode_lens, prefills = [], [], []
-        sample_rows, sample_states, spans = [], [], []
+        sample_rows, sample_states, span_rows = [], [], []
         bs = self.block_size
         for state, n in ordered:
             start, row = state.num_computed_tokens, len(ids)
@@ -93,11 +122,13 @@ class ModelRunner:
             if start + n == len(state.token_ids):
                 sample_rows.append(row + n - 1)
                 sample_states.append(state)
-            if (
-                state.sampling.prompt_logprobs >= 0
-                and start < state.num_prompt_tokens - 1
-            ):
-                spans.append((state, row, min(n, state.num_prompt_tokens - 1 - start)))
+            wanted = min(n, state.num_prompt_tokens - 1 - start)
+            if state.sampling.prompt_logprobs >= 0 and wanted > 0:
+                span_rows.append((state, range(row, row + wanted), start + 1))
+        spans, rows = [], list(sample_rows)
+        for state, span, first_token in span_rows:
+            spans.append((state, len(rows), len(span), first_token))
+            rows.extend(span)
         meta = AttentionMetadata(
             slot_mapping=torch.tensor(slots, dtype=torch.long),
             num_decode_tokens=len(decode_lens),
@@ -109,21 +140,23 @@ class ModelRunner:
             input_ids=torch.tensor(ids, dtype=torch.long),
             positions=torch.tensor(positions, dtype=torch.long),
             meta=meta,
-            sample_rows=sample_rows,
+            logits_rows=torch.tensor(rows, dtype=torch.long),
             sample_states=sample_states,
             prompt_logprob_spans=spans,
         )
 
     def _prompt_logprobs(
-        self, hidden: torch.Tensor, inp: ModelInput
+        self,
+        logits: torch.Tensor,  # [rows of every span, vocab]
+        inp: ModelInput,
     ) -> dict[str, list[Logprobs]]:
         """Row r of a prompt chunk predicts the prompt token after it."""
         out: dict[str, list[Logprobs]] = {}
-        for state, row, count in inp.prompt_logprob_spans:
-            logits = self.model.compute_logits(hidden[row : row + count])
-            logprobs = torch.log_softmax(logits.float(), dim=-1)
-            first = state.num_computed_tokens + 1
-            nxt = state.token_ids[first : first + count]
+        offset = len(inp.sample_states)
+        for state, first_row, count, first_token in inp.prompt_logprob_spans:
+            rows = logits[first_row - offset : first_row - offset + count]
+            logprobs = torch.log_softmax(rows, dim=-1)
+            nxt = state.token_ids[first_token : first_token + count]
             k = state.sampling.prompt_logprobs
             out[state.req_id] = [
                 logprobs_at(logprobs[i], tok, k) for i, tok in enumerate(nxt)

@@ -10,7 +10,11 @@ import torch
 
 from vllm import envs
 from vllm.config import VllmConfig
-from vllm.distributed.parallel_state import TensorParallelGroup
+from vllm.distributed.parallel_state import (
+    TensorParallelGroup,
+    destroy_distributed,
+    init_distributed,
+)
 from vllm.messages import ExecuteModelRequest, SamplerOutput
 from vllm.worker.model_runner import ModelRunner
 
@@ -29,10 +33,20 @@ class Worker:
         self.model_runner: ModelRunner | None = None
 
     def init_device(self) -> None:
-        world = self.config.parallel_config.world_size
-        threads = envs.VLLM_CPU_NUM_THREADS or max(1, (os.cpu_count() or 1) // world)
+        pc = self.config.parallel_config
+        threads = envs.VLLM_CPU_NUM_THREADS or max(
+            1, (os.cpu_count() or 1) // pc.world_size
+        )
         torch.set_num_threads(threads)
-        self.model_runner = ModelRunner(self.config, self.tp)
+        if pc.world_size > 1:
+            self.tp = init_distributed(
+                self.rank, pc.world_size, self.distributed_init_method
+            )
+        # Legacy control plane: the driver (rank 0) ships inputs to the others.
+        is_legacy_driver = (
+            pc.world_size > 1 and not pc.use_spmd_worker and self.rank == 0
+        )
+        self.model_runner = ModelRunner(self.config, self.tp, is_legacy_driver)
 
     def load_model(self) -> None:
         self.model_runner.load_model()
@@ -61,10 +75,25 @@ class Worker:
 
     def execute_model(self, req: ExecuteModelRequest) -> SamplerOutput | None:
         out = self.model_runner.execute_model(req)
+        # Only rank 0's output is read; the others send back nothing of size.
         return out if self.rank == 0 else None
 
-    def check_health(self) -> None:
-        return None
+    def execution_loop(self) -> None:
+        """Legacy follower ranks: run the driver's broadcast steps until it stops
+        the loop (before any control call, and at shutdown)."""
+        while self.model_runner.execute_broadcast():
+            pass
+
+    def stop_execution_loop(self) -> None:
+        """Legacy driver: releases the followers from execution_loop."""
+        self.model_runner.stop_followers()
+
+    def check_health(self) -> int:
+        return os.getpid()
+
+    def get_pid(self) -> int:
+        return os.getpid()
 
     def shutdown(self) -> None:
         self.model_runner = None
+        destroy_distributed()

@@ -1,0 +1,109 @@
+"""The legacy control plane: rank 0 is a "driver worker" inside the engine process.
+
+Each step the driver builds the model inputs and broadcasts them over
+torch.distributed to ranks 1..N-1, which loop on that broadcast
+(``Worker.execution_loop``). Control calls go to every rank through the backend's
+transport (mp pipes or Ray actor calls), after the driver releases the followers
+from their loop. Subclasses supply only the transport.
+"""
+
+import weakref
+from typing import Any
+
+from vllm.distributed.parallel_state import get_open_port
+from vllm.executor.executor_base import Executor
+from vllm.messages import ExecuteModelRequest, SamplerOutput
+from vllm.worker.worker import Worker
+
+
+class RemoteRanks:
+    """Transport to ranks 1..N-1. ``submit`` starts a method on every remote rank
+    and returns handles; ``wait`` returns their results in rank order, raising
+    an error that names the rank if one died."""
+
+    def submit(self, method: str, args: tuple, kwargs: dict) -> Any:
+        raise NotImplementedError
+
+    def wait(self, handles: Any) -> list[Any]:
+        raise NotImplementedError
+
+    def dead_ranks(self) -> list[int]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class _DriverGroup:
+    """Everything shutdown needs, kept apart from the executor so a finalizer can
+    hold it without keeping the executor alive."""
+
+    def __init__(self, driver: Worker, remote: RemoteRanks):
+        self.driver = driver
+        self.remote = remote
+        self.loop: Any = None  # handles of the followers' execution_loop, if running
+        self.closed = False
+
+    def stop_loop(self) -> None:
+        if self.loop is not None:
+            loop, self.loop = self.loop, None
+            self.driver.stop_execution_loop()
+            self.remote.wait(loop)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            if not self.remote.dead_ranks():
+                self.stop_loop()
+                self.remote.wait(self.remote.submit("shutdown", (), {}))
+        except Exception:
+            pass  # the transport's close below still stops every process
+        finally:
+            self.driver.shutdown()
+            self.remote.close()
+
+
+class DriverWorkerExecutor(Executor):
+    def _make_remote(self, init_method: str) -> RemoteRanks:
+        raise NotImplementedError
+
+    def _master_address(self) -> str:
+        return "127.0.0.1"
+
+    def _init_workers(self) -> None:
+        init_method = f"tcp://{self._master_address()}:{get_open_port()}"
+        remote = self._make_remote(init_method)
+        self._group = _DriverGroup(Worker(self.config, 0, init_method), remote)
+        self._finalizer = weakref.finalize(self, self._group.close)
+        self.collective_rpc("init_device")
+        self.collective_rpc("load_model")
+
+    def collective_rpc(
+        self, method: str, args: tuple = (), kwargs: dict | None = None
+    ) -> list[Any]:
+        g = self._group
+        g.stop_loop()
+        handles = g.remote.submit(method, args, kwargs or {})
+        mine = self._guard(lambda: getattr(g.driver, method)(*args, **(kwargs or {})))
+        return [mine, *g.remote.wait(handles)]
+
+    def execute_model(self, req: ExecuteModelRequest) -> SamplerOutput:
+        g = self._group
+        if g.loop is None:
+            g.loop = g.remote.submit("execution_loop", (), {})
+        return self._guard(lambda: g.driver.execute_model(req))
+
+    def _guard(self, call):
+        """A collective on the driver fails obscurely when a peer dies; name it."""
+        try:
+            return call()
+        except Exception as e:
+            dead = self._group.remote.dead_ranks()
+            if dead:
+                raise RuntimeError(f"worker rank(s) {dead} died") from e
+            raise
+
+    def shutdown(self) -> None:
+        self._finalizer()
