@@ -41,7 +41,7 @@ def write_tiny_checkpoint(out_dir: str, variant: str, tokenizer_dir: str) -> str
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
-        max_position_embeddings=512,
+        max_position_embeddings=2048,
         tie_word_embeddings=False,
         bos_token_id=1,
         eos_token_id=2,

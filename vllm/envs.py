@@ -75,6 +75,12 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
         "While waiting for a step, how often the engine checks that every worker "
         "process is still alive, so a dead rank is reported instead of hanging.",
     ),
+    "VLLM_SPMD_WORKER_NICENESS": (
+        _int("VLLM_SPMD_WORKER_NICENESS", 0),
+        "Niceness added to SPMD worker actors. Idle compiled-graph actors spin on "
+        "their input channel; a positive value lets the engine process win the CPU "
+        "while it schedules on a machine with no spare core.",
+    ),
     "VLLM_RAY_ADDRESS": (
         _str("VLLM_RAY_ADDRESS", ""),
         "Address of a running Ray cluster to join; empty joins a local one if up, "

@@ -44,6 +44,10 @@ class Executor:
     @staticmethod
     def get_class(vllm_config: VllmConfig) -> type["Executor"]:
         backend = vllm_config.parallel_config.distributed_executor_backend
+        if vllm_config.parallel_config.use_spmd_worker:
+            from vllm.executor.ray_spmd_executor import RaySPMDExecutor
+
+            return RaySPMDExecutor
         if backend == "uni":
             from vllm.executor.uniproc_executor import UniProcExecutor
 

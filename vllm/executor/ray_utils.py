@@ -3,30 +3,73 @@ actor per rank, and the actor that hosts a Worker."""
 
 import contextlib
 import os
+import pickle
+import socket
 from typing import Any
 
+from vllm import messages
 from vllm.config import VllmConfig
 from vllm.logger import init_logger
 
 logger = init_logger(__name__)
 
 
+# Frames carried by the SPMD graph: one tag byte, then the payload. A step is the
+# msgspec encoding of ExecuteModelRequest; a control call is pickled, since it is
+# rare and may carry any Python value.
+STEP, CALL = b"S", b"C"
+
+
+def encode_call(method: str, args: tuple, kwargs: dict) -> bytes:
+    return CALL + pickle.dumps((method, args, kwargs))
+
+
 class RayWorkerWrapper:
     """Hosts one Worker inside a Ray actor; every worker method is reachable
-    through execute_method."""
+    through execute_method (plain calls) or execute_frame (the SPMD graph)."""
 
     def __init__(self, config: VllmConfig, rank: int, init_method: str | None):
         from vllm.worker.worker import Worker
 
+        self.rank = rank
         self.worker = Worker(config, rank, init_method)
+        self._notify: socket.socket | None = None
+
+    def renice(self, increment: int) -> None:
+        os.nice(increment)
+
+    def set_step_notifier(self, path: str) -> None:
+        """Rank 0 pings the engine at path when a step's output is ready, so the
+        engine can sleep in the kernel instead of spinning on the channel."""
+        self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._notify.connect(path)
 
     def execute_method(self, method: str, *args: Any, **kwargs: Any) -> Any:
         return getattr(self.worker, method)(*args, **kwargs)
 
-    def get_node_ip(self) -> str:
+    def execute_frame(self, frame: bytes) -> bytes:
+        """A step returns rank 0's encoded SamplerOutput and an empty frame on
+        other ranks; a control call returns every rank's pickled result."""
+        if frame[:1] == STEP:
+            out = self.worker.execute_model(messages.decode_request(frame[1:]))
+            if out is None:
+                return b""
+            data = messages.encode(out)
+            if self._notify is not None:
+                self._notify.send(b"!")
+            return data
+        method, args, kwargs = pickle.loads(frame[1:])
+        return pickle.dumps(getattr(self.worker, method)(*args, **kwargs))
+
+    def node_ip_and_port(self) -> tuple[str, int]:
         import ray
 
-        return ray.util.get_node_ip_address()
+        from vllm.distributed.parallel_state import get_open_port
+
+        return ray.util.get_node_ip_address(), get_open_port()
+
+    def set_init_method(self, init_method: str) -> None:
+        self.worker.distributed_init_method = init_method
 
 
 def initialize_ray(address: str, num_cpus_needed: int) -> bool:
@@ -110,6 +153,8 @@ def release(actors: list[Any], group: Any, started_ray: bool) -> None:
     import ray
     from ray.util.placement_group import remove_placement_group
 
+    if not ray.is_initialized():  # Ray already gone: so are the actors
+        return
     for actor in actors:
         with contextlib.suppress(Exception):
             ray.kill(actor)

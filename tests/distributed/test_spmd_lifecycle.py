@@ -1,0 +1,79 @@
+"""Start/stop cycles of the SPMD compiled-graph engine leave no process, no
+/dev/shm file and no traceback behind. Runs in a subprocess that starts (and so
+must stop) its own Ray."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import psutil
+
+SCRIPT = textwrap.dedent(
+    """
+    import gc, os, sys
+    from vllm import LLM, SamplingParams
+
+    def cycle(model, how):
+        llm = LLM(model, tensor_parallel_size=2, distributed_executor_backend="ray",
+                  kv_cache_space=0.01, max_model_len=128)
+        out = llm.generate({"prompt_token_ids": [5, 6, 7]},
+                           SamplingParams(max_tokens=4), use_tqdm=False)
+        assert len(out[0].outputs[0].token_ids) == 4
+        if how == "shutdown":
+            llm.shutdown()
+        elif how == "gc":
+            del llm
+            gc.collect()
+        return llm if how == "exit" else None
+
+    if __name__ == "__main__":
+        model = sys.argv[1]
+        cycle(model, "shutdown")
+        cycle(model, "gc")
+        keep = cycle(model, "exit")  # left for interpreter exit to clean up
+        print("CYCLES-OK", flush=True)
+    """
+)
+
+
+def _ray_processes() -> set[int]:
+    found = set()
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if "ray::" in cmd or "raylet" in cmd or "gcs_server" in cmd:
+            found.add(proc.info["pid"])
+    return found
+
+
+def test_start_stop_cycles_leave_nothing_behind(tmp_path, tiny_model):
+    script = tmp_path / "cycles.py"
+    script.write_text(SCRIPT)
+    shm_before = set(os.listdir("/dev/shm"))
+    ray_before = _ray_processes()
+    env = {
+        **os.environ,
+        "VLLM_USE_SPMD_WORKER": "1",
+        "VLLM_USE_RAY_COMPILED_DAG": "1",
+    }
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run(
+        [sys.executable, str(script), tiny_model("llama_tp4")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "CYCLES-OK" in proc.stdout
+    for marker in ("Traceback", "Exception", "Error"):
+        assert marker not in proc.stderr, proc.stderr[-3000:]
+    leftovers = []
+    for pid in _ray_processes() - ray_before:
+        try:
+            leftovers.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(leftovers, timeout=10)  # give exiting processes a moment
+    assert _ray_processes() - ray_before == set()
+    assert set(os.listdir("/dev/shm")) - shm_before == set()

@@ -1,0 +1,188 @@
+"""SPMD control plane: every rank, rank 0 included, is a Ray actor; the engine
+process holds no weights, no KV cache and no torch.distributed group.
+
+Each step the engine encodes one ``ExecuteModelRequest`` (a delta, see
+``vllm.messages``) and sends the same bytes to every rank, which decodes it, updates
+its own request states and runs the step; only rank 0's ``SamplerOutput`` is read.
+With ``VLLM_USE_RAY_COMPILED_DAG=1`` the bytes travel through a Ray Compiled Graph
+(input node -> every worker's ``execute_frame`` -> multi-output node) over
+shared-memory channels; otherwise through plain actor calls. Once the graph is
+compiled, control calls travel through it too, so every worker method has one path.
+"""
+
+import atexit
+import contextlib
+import os
+import socket
+import tempfile
+import uuid
+import weakref
+from typing import Any
+
+from vllm import envs, messages
+from vllm.executor.executor_base import Executor
+from vllm.executor.ray_utils import (
+    STEP,
+    dead_actors,
+    encode_call,
+    initialize_ray,
+    place_actors,
+    release,
+    wait_all,
+)
+from vllm.logger import init_logger
+from vllm.messages import ExecuteModelRequest, SamplerOutput
+
+logger = init_logger(__name__)
+
+
+class _SPMDGroup:
+    """The actors, placement group and compiled graph; closed once, by shutdown,
+    garbage collection or interpreter exit, whichever comes first."""
+
+    def __init__(self, actors: list[Any], group: Any, started_ray: bool):
+        self.actors = actors
+        self.group = group
+        self.started_ray = started_ray
+        self.graph: Any = None
+        self.notify: socket.socket | None = None  # rank 0's step-done pings
+        self.notify_path = ""
+        self.closed = False
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        atexit.unregister(self.close)
+        if self.graph is not None:
+            graph, self.graph = self.graph, None
+            try:
+                graph.teardown()
+            except Exception as e:  # a dead rank can make teardown complain
+                logger.debug("compiled graph teardown: %s", e)
+        release(self.actors, self.group, self.started_ray)
+        if self.notify is not None:
+            self.notify.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.notify_path)
+
+
+class RaySPMDExecutor(Executor):
+    def _init_workers(self) -> None:
+        import ray
+
+        pc = self.config.parallel_config
+        started = initialize_ray(pc.ray_address, pc.world_size)
+        actors, group = place_actors(self.config, list(range(pc.world_size)), None)
+        self._group = _SPMDGroup(actors, group, started)
+        # Closing before Ray's own exit hook runs keeps interpreter exit quiet.
+        atexit.register(self._group.close)
+        self._finalizer = weakref.finalize(self, self._group.close)
+        ip, port = ray.get(actors[0].node_ip_and_port.remote())
+        init = f"tcp://{ip}:{port}"
+        ray.get([a.set_init_method.remote(init) for a in actors])
+        self.bytes_sent = 0  # engine -> workers, step frames only
+        self.bytes_received = 0
+        if envs.VLLM_SPMD_WORKER_NICENESS:
+            ray.get([a.renice.remote(envs.VLLM_SPMD_WORKER_NICENESS) for a in actors])
+        self.collective_rpc("init_device")
+        self.collective_rpc("load_model")
+
+    @property
+    def actors(self) -> list[Any]:
+        return self._group.actors
+
+    def collective_rpc(
+        self, method: str, args: tuple = (), kwargs: dict | None = None
+    ) -> list[Any]:
+        import pickle
+
+        if self._group.graph is not None:
+            frames = self._run_graph(encode_call(method, args, kwargs or {}))
+            return [pickle.loads(f) for f in frames]
+        refs = [
+            a.execute_method.remote(method, *args, **(kwargs or {}))
+            for a in self.actors
+        ]
+        return self._wait(refs)
+
+    def execute_model(self, req: ExecuteModelRequest) -> SamplerOutput:
+        frame = STEP + messages.encode(req)
+        self.bytes_sent += len(frame)
+        if self.config.parallel_config.use_compiled_dag:
+            if self._group.graph is None:
+                if self._same_node_as_rank0():
+                    self._open_notifier()
+                self._group.graph = self._compile()
+            results = self._run_graph(frame)
+        else:
+            results = self._wait([a.execute_frame.remote(frame) for a in self.actors])
+        self.bytes_received += sum(len(r) for r in results)
+        return messages.decode_output(results[0])
+
+    def _open_notifier(self) -> None:
+        import ray
+
+        path = os.path.join(
+            tempfile.gettempdir(), f"vllm-step-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        )
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(path)
+        sock.settimeout(envs.VLLM_WORKER_LIVENESS_POLL_S)
+        self._group.notify, self._group.notify_path = sock, path
+        ray.get(self.actors[0].set_step_notifier.remote(path))
+
+    def _compile(self) -> Any:
+        from ray.dag import InputNode, MultiOutputNode
+        from ray.dag.context import DAGContext
+
+        ctx = DAGContext.get_current()
+        ctx.submit_timeout = envs.VLLM_RAY_CGRAPH_SUBMIT_TIMEOUT
+        ctx.get_timeout = envs.VLLM_RAY_CGRAPH_GET_TIMEOUT
+        with InputNode() as frame:
+            dag = MultiOutputNode([a.execute_frame.bind(frame) for a in self.actors])
+        return dag.experimental_compile()
+
+    def _run_graph(self, frame: bytes) -> list[bytes]:
+        import ray
+
+        try:
+            refs = self._group.graph.execute(frame)
+            if frame[:1] == STEP and self._group.notify is not None:
+                self._sleep_until_done()
+            return ray.get(refs)
+        except Exception as e:
+            self._raise_if_dead(e)
+            raise
+
+    def _sleep_until_done(self) -> None:
+        """Blocks in the kernel until rank 0 pings; checks liveness meanwhile."""
+        sock = self._group.notify
+        while True:
+            try:
+                sock.recv(16)
+                return
+            except TimeoutError:
+                dead = self._dead_ranks()
+                if dead:
+                    raise RuntimeError(f"worker rank(s) {dead} died") from None
+
+    def _wait(self, refs: list[Any]) -> list[Any]:
+        return wait_all(refs, self._dead_ranks, envs.VLLM_WORKER_LIVENESS_POLL_S)
+
+    def _dead_ranks(self) -> list[int]:
+        return dead_actors(self.actors)
+
+    def _same_node_as_rank0(self) -> bool:
+        import ray
+
+        ip, _ = ray.get(self.actors[0].node_ip_and_port.remote())
+        return ip == ray.util.get_node_ip_address()
+
+    def _raise_if_dead(self, cause: Exception) -> None:
+        dead = self._dead_ranks()
+        if dead:
+            raise RuntimeError(f"worker rank(s) {dead} died") from cause
+
+    def shutdown(self) -> None:
+        self._finalizer()
