@@ -2,6 +2,7 @@
 /dev/shm file and no traceback behind. Runs in a subprocess that starts (and so
 must stop) its own Ray."""
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -70,10 +71,8 @@ def test_start_stop_cycles_leave_nothing_behind(tmp_path, tiny_model):
         assert marker not in proc.stderr, proc.stderr[-3000:]
     leftovers = []
     for pid in _ray_processes() - ray_before:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             leftovers.append(psutil.Process(pid))
-        except psutil.NoSuchProcess:
-            pass
     psutil.wait_procs(leftovers, timeout=10)  # give exiting processes a moment
     assert _ray_processes() - ray_before == set()
     assert set(os.listdir("/dev/shm")) - shm_before == set()
