@@ -29,6 +29,7 @@ class ModelRunner:
         self.config = config
         self.tp = tp
         self.broadcast = broadcast  # legacy driver: ship inputs to the followers
+        self.bytes_broadcast = 0  # control-plane bytes shipped (legacy driver)
         self.block_size = config.cache_config.block_size
         self.requests = RequestStates()
         self.model = None
@@ -55,6 +56,7 @@ class ModelRunner:
             header, body = inp.pack()
             self.tp.broadcast(header)
             self.tp.broadcast(body)
+            self.bytes_broadcast += (header.numel() + body.numel()) * 8
         logits = self._forward(inp, gather_to_all=not self.broadcast)
         for state, n in scheduled:
             state.num_computed_tokens += n

@@ -88,6 +88,10 @@ class Worker:
         """Legacy driver: releases the followers from execution_loop."""
         self.model_runner.stop_followers()
 
+    def control_plane_bytes(self) -> int:
+        """Bytes this rank broadcast as step inputs (legacy driver only)."""
+        return self.model_runner.bytes_broadcast
+
     def check_health(self) -> int:
         return os.getpid()
 
