@@ -75,6 +75,12 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
         "While waiting for a step, how often the engine checks that every worker "
         "process is still alive, so a dead rank is reported instead of hanging.",
     ),
+    "VLLM_SPMD_STEP_NOTIFIER": (
+        _flag("VLLM_SPMD_STEP_NOTIFIER", "1"),
+        "With the compiled graph, rank 0 pings the engine over a Unix socket when a "
+        "step is done, so the engine sleeps in the kernel instead of spinning on the "
+        "output channel (which would steal a core from the workers).",
+    ),
     "VLLM_SPMD_WORKER_NICENESS": (
         _int("VLLM_SPMD_WORKER_NICENESS", 0),
         "Niceness added to SPMD worker actors. Idle compiled-graph actors spin on "

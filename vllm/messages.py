@@ -68,6 +68,13 @@ class Logprobs(msgspec.Struct, array_like=True):
     rank: int  # rank of the chosen token in the vocabulary, 1 = most likely
 
 
+class PromptLogprobs(msgspec.Struct, array_like=True):
+    """Logprobs of a run of prompt positions computed in one step."""
+
+    start: int  # index in the prompt of the token entries[0] scores (>= 1)
+    entries: list[Logprobs]
+
+
 class SamplerOutput(msgspec.Struct, array_like=True):
     """What rank 0 returns for one step. Requests still in a partial prefill
     produced no token and are absent from req_ids."""
@@ -76,8 +83,8 @@ class SamplerOutput(msgspec.Struct, array_like=True):
     sampled_token_ids: list[int]  # parallel to req_ids
     logprobs: list[Logprobs | None]  # parallel to req_ids; None if not asked
     # req_id -> logprobs of the prompt positions computed this step; position 0
-    # (which has no logprob) is skipped.
-    prompt_logprobs: dict[str, list[Logprobs]] = {}
+    # (which has no logprob) is never included.
+    prompt_logprobs: dict[str, PromptLogprobs] = {}
 
 
 _REQUEST_ENCODER = msgspec.msgpack.Encoder()

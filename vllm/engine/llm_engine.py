@@ -50,6 +50,7 @@ class LLMEngine:
         self._parents: dict[str, ParentRequest] = {}
         self._seeds = random.Random(mc.seed)
         self._ids = itertools.count()
+        self._child_ids = itertools.count()
 
     @classmethod
     def from_engine_args(cls, engine_args: EngineArgs) -> "LLMEngine":
@@ -80,7 +81,8 @@ class LLMEngine:
                 seed = self._seeds.getrandbits(63)
             else:
                 seed = (params.seed + i * 0x9E3779B97F4A7C15) % (1 << 63)
-            child_id = request_id if params.n == 1 else f"{i}_{request_id}"
+            # Internal ids: short on the wire, and no user id can clash with them.
+            child_id = str(next(self._child_ids))
             options = params.to_options(seed, self.tokenizer.eos_token_id)
             req = Request(child_id, token_ids, options, max_tokens)
             self.output_processor.attach(req, parent, i)

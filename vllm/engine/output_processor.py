@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 from vllm.engine.detokenizer import IncrementalDetokenizer
 from vllm.engine.request import Request, RequestStatus
-from vllm.messages import Logprobs, SamplerOutput
+from vllm.messages import Logprobs, PromptLogprobs, SamplerOutput
 from vllm.outputs import CompletionOutput, Logprob, RequestOutput
 from vllm.sampling_params import SamplingParams
 
@@ -66,7 +66,7 @@ class OutputProcessor:
             for req_id, chunk in sampled.prompt_logprobs.items():
                 state: OutputState = requests[req_id].output_state
                 if state.index == 0:
-                    state.parent.prompt_logprobs.extend(self._to_dicts(chunk))
+                    self._record_prompt_logprobs(state.parent, chunk)
             logprobs = dict(zip(sampled.req_ids, sampled.logprobs))
         for req in updated:
             state = req.output_state
@@ -79,8 +79,15 @@ class OutputProcessor:
             touched[state.parent.request_id] = state.parent
         return [self.make_output(p) for p in touched.values()]
 
-    def _to_dicts(self, chunk: list[Logprobs]) -> list[dict[int, Logprob]]:
-        return [self._to_dict(lp) for lp in chunk]
+    def _record_prompt_logprobs(
+        self, parent: ParentRequest, chunk: PromptLogprobs
+    ) -> None:
+        """Places a chunk by position: a request recomputed after preemption
+        sends positions it already sent, which are skipped."""
+        known = parent.prompt_logprobs
+        for pos, lp in enumerate(chunk.entries, start=chunk.start):
+            if pos == len(known):
+                known.append(self._to_dict(lp))
 
     def _to_dict(self, lp: Logprobs) -> dict[int, Logprob]:
         out: dict[int, Logprob] = {}
@@ -121,7 +128,11 @@ class OutputProcessor:
             completions.append(
                 CompletionOutput(
                     index=state.index,
-                    text=state.detokenizer.output_text,
+                    # While running, withhold a tail that may start a stop
+                    # string, so streamed text is never taken back.
+                    text=state.detokenizer.output_text
+                    if req.status.finished
+                    else state.detokenizer.stream_text,
                     token_ids=list(req.output_token_ids),
                     cumulative_logprob=state.cumulative_logprob,
                     logprobs=state.logprobs,

@@ -111,7 +111,7 @@ class RaySPMDExecutor(Executor):
         self.bytes_sent += len(frame)
         if self.config.parallel_config.use_compiled_dag:
             if self._group.graph is None:
-                if self._same_node_as_rank0():
+                if envs.VLLM_SPMD_STEP_NOTIFIER and self._same_node_as_rank0():
                     self._open_notifier()
                 self._group.graph = self._compile()
             results = self._run_graph(frame)

@@ -14,7 +14,7 @@ import torch
 
 from vllm.config import VllmConfig
 from vllm.distributed.parallel_state import TensorParallelGroup
-from vllm.messages import ExecuteModelRequest, Logprobs, SamplerOutput
+from vllm.messages import ExecuteModelRequest, PromptLogprobs, SamplerOutput
 from vllm.model_executor.layers.attention import AttentionMetadata, PrefillSeq
 from vllm.model_executor.layers.sampler import logprobs_at, sample
 from vllm.model_executor.model_loader.loader import get_model
@@ -151,18 +151,19 @@ class ModelRunner:
         self,
         logits: torch.Tensor,  # [rows of every span, vocab]
         inp: ModelInput,
-    ) -> dict[str, list[Logprobs]]:
+    ) -> dict[str, PromptLogprobs]:
         """Row r of a prompt chunk predicts the prompt token after it."""
-        out: dict[str, list[Logprobs]] = {}
+        out: dict[str, PromptLogprobs] = {}
         offset = len(inp.sample_states)
         for state, first_row, count, first_token in inp.prompt_logprob_spans:
             rows = logits[first_row - offset : first_row - offset + count]
             logprobs = torch.log_softmax(rows, dim=-1)
             nxt = state.token_ids[first_token : first_token + count]
             k = state.sampling.prompt_logprobs
-            out[state.req_id] = [
-                logprobs_at(logprobs[i], tok, k) for i, tok in enumerate(nxt)
-            ]
+            out[state.req_id] = PromptLogprobs(
+                first_token,
+                [logprobs_at(logprobs[i], tok, k) for i, tok in enumerate(nxt)],
+            )
         return out
 
 
