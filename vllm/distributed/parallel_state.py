@@ -66,11 +66,22 @@ def get_open_port() -> int:
         return s.getsockname()[1]
 
 
+def check_world_group_free() -> None:
+    """The world group is per process, and a legacy driver (rank 0) lives in the
+    engine's process: a second TP engine there cannot have a group of its own."""
+    if dist.is_available() and dist.is_initialized():
+        raise RuntimeError(
+            "this process already runs a tensor-parallel engine (torch.distributed "
+            "is initialized); shut it down before starting another"
+        )
+
+
 def init_distributed(
     rank: int, world_size: int, init_method: str
 ) -> TensorParallelGroup:
     """Joins the world group (gloo on CPU, NCCL with CUDA); the TP group spans it.
     The timeout bounds how long a rank waits on a dead peer."""
+    check_world_group_free()
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     dist.init_process_group(
         backend,
@@ -82,6 +93,11 @@ def init_distributed(
     return TensorParallelGroup(rank=rank, size=world_size, group=dist.group.WORLD)
 
 
-def destroy_distributed() -> None:
+def destroy_distributed(tp: TensorParallelGroup | None = None) -> None:
+    """Leaves the world group. Given the caller's TP group, only when that group
+    spans processes: a single-rank engine never joined the world group, and must
+    not tear down the one a TP engine's driver uses in the same process."""
+    if tp is not None and tp.size == 1:
+        return
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

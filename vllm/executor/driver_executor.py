@@ -7,13 +7,18 @@ transport (mp pipes or Ray actor calls), after the driver releases the followers
 from their loop. Subclasses supply only the transport.
 """
 
+import atexit
 import weakref
 from typing import Any
 
-from vllm.distributed.parallel_state import get_open_port
+from vllm.distributed.parallel_state import check_world_group_free, get_open_port
 from vllm.executor.executor_base import Executor
 from vllm.messages import ExecuteModelRequest, SamplerOutput
 from vllm.worker.worker import Worker
+
+# How long a graceful close waits on the followers before the transport kills them:
+# a follower stuck in a collective must not hang the engine's exit.
+CLOSE_TIMEOUT_S = 10.0
 
 
 class RemoteRanks:
@@ -24,7 +29,8 @@ class RemoteRanks:
     def submit(self, method: str, args: tuple, kwargs: dict) -> Any:
         raise NotImplementedError
 
-    def wait(self, handles: Any) -> list[Any]:
+    def wait(self, handles: Any, timeout: float | None = None) -> list[Any]:
+        """Raises TimeoutError if ``timeout`` seconds pass first."""
         raise NotImplementedError
 
     def dead_ranks(self) -> list[int]:
@@ -43,21 +49,49 @@ class _DriverGroup:
         self.remote = remote
         self.loop: Any = None  # handles of the followers' execution_loop, if running
         self.closed = False
+        # Why the followers could not be released from their loop, if that failed:
+        # every later call would wait on them forever.
+        self.stuck: BaseException | None = None
+
+    def check_usable(self) -> None:
+        if self.closed:
+            raise RuntimeError("the executor is shut down")
+        if self.stuck is not None:
+            raise RuntimeError(
+                "the worker ranks are stuck in their step loop after an earlier "
+                "failure; this engine cannot go on"
+            ) from self.stuck
 
     def stop_loop(self) -> None:
         if self.loop is not None:
             loop, self.loop = self.loop, None
-            self.driver.stop_execution_loop()
-            self.remote.wait(loop)
+            try:
+                self.driver.stop_execution_loop()
+                self.remote.wait(loop, CLOSE_TIMEOUT_S)
+            except BaseException as e:
+                self.stuck = e
+                raise
+
+    def drain(self, handles: Any) -> None:
+        """Reads (and drops) the followers' replies to a call that failed on the
+        driver, so they do not answer the next one; if they never come, the
+        followers are stuck in a collective the driver left."""
+        try:
+            self.remote.wait(handles, CLOSE_TIMEOUT_S)
+        except TimeoutError as e:
+            self.stuck = e
+        except Exception:
+            pass  # their own failure; the driver's is the one raised
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
         try:
-            if not self.remote.dead_ranks():
+            if self.stuck is None and not self.remote.dead_ranks():
                 self.stop_loop()
-                self.remote.wait(self.remote.submit("shutdown", (), {}))
+                handles = self.remote.submit("shutdown", (), {})
+                self.remote.wait(handles, CLOSE_TIMEOUT_S)
         except Exception:
             pass  # the transport's close below still stops every process
         finally:
@@ -73,24 +107,46 @@ class DriverWorkerExecutor(Executor):
         return "127.0.0.1"
 
     def _init_workers(self) -> None:
+        check_world_group_free()  # before any process starts
         init_method = f"tcp://{self._master_address()}:{get_open_port()}"
         remote = self._make_remote(init_method)
         self._group = _DriverGroup(Worker(self.config, 0, init_method), remote)
         self._finalizer = weakref.finalize(self, self._group.close)
-        self.collective_rpc("init_device")
-        self.collective_rpc("load_model")
+        # finalize's own exit hook was registered when the interpreter first used
+        # one, so it would run after the exit hooks of libraries started since
+        # (Ray's shutdown): register ours now, to close while the transport works.
+        self._finalizer.atexit = False
+        atexit.register(self._finalizer)
+        try:
+            # A rank that died while starting (say, a script without the
+            # ``if __name__ == "__main__"`` guard under spawn) would leave the
+            # driver waiting in the rendezvous below; the reply proves each lives.
+            remote.wait(remote.submit("get_pid", (), {}))
+            self.collective_rpc("init_device")
+            self.collective_rpc("load_model")
+        except BaseException:
+            self._finalizer()
+            raise
 
     def collective_rpc(
         self, method: str, args: tuple = (), kwargs: dict | None = None
     ) -> list[Any]:
         g = self._group
+        g.check_usable()
         g.stop_loop()
         handles = g.remote.submit(method, args, kwargs or {})
-        mine = self._guard(lambda: getattr(g.driver, method)(*args, **(kwargs or {})))
+        try:
+            mine = self._guard(
+                lambda: getattr(g.driver, method)(*args, **(kwargs or {}))
+            )
+        except BaseException:
+            g.drain(handles)
+            raise
         return [mine, *g.remote.wait(handles)]
 
     def execute_model(self, req: ExecuteModelRequest) -> SamplerOutput:
         g = self._group
+        g.check_usable()
         if g.loop is None:
             g.loop = g.remote.submit("execution_loop", (), {})
         return self._guard(lambda: g.driver.execute_model(req))
@@ -107,3 +163,4 @@ class DriverWorkerExecutor(Executor):
 
     def shutdown(self) -> None:
         self._finalizer()
+        atexit.unregister(self._finalizer)

@@ -33,12 +33,25 @@ def _worker_main(config: VllmConfig, rank: int, init_method: str, conn, parent: 
         except (EOFError, OSError):
             break
         try:
-            conn.send(("ok", getattr(worker, method)(*args, **kwargs)))
+            reply = ("ok", getattr(worker, method)(*args, **kwargs))
         except BaseException as e:
-            conn.send(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
+            reply = ("error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
+        if not _send(conn, reply):
+            break  # the engine closed the pipe: it is shutting down
         if method == "shutdown":
             break
     conn.close()
+
+
+def _send(conn, reply: tuple[str, Any]) -> bool:
+    """False once the engine has closed the pipe."""
+    try:
+        conn.send(reply)
+    except OSError:
+        return False
+    except Exception as e:  # a result that does not pickle
+        return _send(conn, ("error", f"the reply could not be sent: {e!r}"))
+    return True
 
 
 class ProcessRanks(RemoteRanks):
@@ -63,24 +76,33 @@ class ProcessRanks(RemoteRanks):
             conn.send((method, args, kwargs))
         return list(range(len(self.conns)))
 
-    def wait(self, handles: list[int]) -> list[Any]:
-        return [self._recv(i) for i in handles]
+    def wait(self, handles: list[int], timeout: float | None = None) -> list[Any]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        # Every reply is read before an error is raised, so the next call's
+        # replies are not taken for this one's.
+        replies = [self._recv(i, deadline) for i in handles]
+        for i, (status, value) in zip(handles, replies):
+            if status == "error":
+                raise RuntimeError(f"worker rank {i + 1} failed: {value}")
+        return [value for _, value in replies]
 
-    def _recv(self, i: int) -> Any:
+    def _recv(self, i: int, deadline: float | None) -> tuple[str, Any]:
         conn, proc = self.conns[i], self.procs[i]
-        while not conn.poll(envs.VLLM_WORKER_LIVENESS_POLL_S):
+        poll_s = envs.VLLM_WORKER_LIVENESS_POLL_S
+        if deadline is not None:
+            poll_s = min(poll_s, 0.1)
+        while not conn.poll(poll_s):
             if not proc.is_alive():
                 raise RuntimeError(
                     f"worker rank {i + 1} (pid {proc.pid}) died "
                     f"(exit code {proc.exitcode})"
                 )
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"worker rank {i + 1} (pid {proc.pid}) hangs")
         try:
-            status, value = conn.recv()
+            return conn.recv()
         except (EOFError, OSError) as e:
             raise RuntimeError(f"worker rank {i + 1} (pid {proc.pid}) died") from e
-        if status == "error":
-            raise RuntimeError(f"worker rank {i + 1} failed: {value}")
-        return value
 
     def dead_ranks(self) -> list[int]:
         return [i + 1 for i, p in enumerate(self.procs) if not p.is_alive()]

@@ -19,14 +19,31 @@ class ActorRanks(RemoteRanks):
     def submit(self, method: str, args: tuple, kwargs: dict) -> list[Any]:
         return [a.execute_method.remote(method, *args, **kwargs) for a in self.actors]
 
-    def wait(self, handles: list[Any]) -> list[Any]:
+    def wait(self, handles: list[Any], timeout: float | None = None) -> list[Any]:
+        import ray
+
+        if timeout is not None:
+            ready, _ = ray.wait(handles, num_returns=len(handles), timeout=timeout)
+            if len(ready) < len(handles):
+                raise TimeoutError(f"worker rank(s) did not answer in {timeout} s")
         return wait_all(handles, self.dead_ranks, envs.VLLM_WORKER_LIVENESS_POLL_S)
 
     def dead_ranks(self) -> list[int]:
+        if not _ray_connected():
+            return list(range(1, len(self.actors) + 1))
         return [i + 1 for i in dead_actors(self.actors)]
 
     def close(self) -> None:
-        release(self.actors, self.group, self.started_ray)
+        # With Ray already shut down (an exit hook that ran before ours), any Ray
+        # call would quietly start a new local Ray; its shutdown took the actors.
+        if _ray_connected():
+            release(self.actors, self.group, self.started_ray)
+
+
+def _ray_connected() -> bool:
+    import ray
+
+    return ray.is_initialized()
 
 
 class RayDriverExecutor(DriverWorkerExecutor):

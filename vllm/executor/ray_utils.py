@@ -103,12 +103,15 @@ def place_actors(
     group = placement_group([{"CPU": 1}] * len(ranks), strategy="PACK")
     ray.get(group.ready(), timeout=120)
     actor_cls = ray.remote(num_cpus=1)(RayWorkerWrapper)
+    vllm_env = {k: v for k, v in os.environ.items() if k.startswith("VLLM_")}
     actors = [
         actor_cls.options(
             scheduling_strategy=PlacementGroupSchedulingStrategy(
                 placement_group=group, placement_group_bundle_index=i
             ),
-            name=None,
+            # Actors inherit the environment Ray started with; carry the
+            # engine's VLLM_* settings (thread counts, flags) to them.
+            runtime_env={"env_vars": vllm_env},
         ).remote(config, rank, init_method)
         for i, rank in enumerate(ranks)
     ]

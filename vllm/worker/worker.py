@@ -100,4 +100,4 @@ class Worker:
 
     def shutdown(self) -> None:
         self.model_runner = None
-        destroy_distributed()
+        destroy_distributed(self.tp)
