@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import psutil
 
@@ -38,11 +39,15 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _ray_processes() -> set[int]:
+def _ray_processes(since: float = 0.0, until: float = float("inf")) -> set[int]:
+    """Ray's processes (raylet, GCS, workers) created in [since, until]."""
     found = set()
-    for proc in psutil.process_iter(["pid", "cmdline"]):
+    for proc in psutil.process_iter(["pid", "cmdline", "create_time"]):
         cmd = " ".join(proc.info["cmdline"] or [])
-        if "ray::" in cmd or "raylet" in cmd or "gcs_server" in cmd:
+        born = proc.info["create_time"] or 0.0
+        if since <= born <= until and any(
+            mark in cmd for mark in ("ray::", "raylet", "gcs_server")
+        ):
             found.add(proc.info["pid"])
     return found
 
@@ -51,7 +56,7 @@ def test_start_stop_cycles_leave_nothing_behind(tmp_path, tiny_model):
     script = tmp_path / "cycles.py"
     script.write_text(SCRIPT)
     shm_before = set(os.listdir("/dev/shm"))
-    ray_before = _ray_processes()
+    started = time.time()
     env = {
         **os.environ,
         "VLLM_USE_SPMD_WORKER": "1",
@@ -66,13 +71,15 @@ def test_start_stop_cycles_leave_nothing_behind(tmp_path, tiny_model):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    ended = time.time()
     assert "CYCLES-OK" in proc.stdout
     for marker in ("Traceback", "Exception", "Error"):
         assert marker not in proc.stderr, proc.stderr[-3000:]
+    # Only what the script's lifetime could have started counts.
     leftovers = []
-    for pid in _ray_processes() - ray_before:
+    for pid in _ray_processes(started, ended):
         with contextlib.suppress(psutil.NoSuchProcess):
             leftovers.append(psutil.Process(pid))
     psutil.wait_procs(leftovers, timeout=10)  # give exiting processes a moment
-    assert _ray_processes() - ray_before == set()
+    assert _ray_processes(started, ended) == set()
     assert set(os.listdir("/dev/shm")) - shm_before == set()
