@@ -1,10 +1,11 @@
 """Turns logits into next tokens.
 
-Random sampling draws ``argmax(probs / q)`` with ``q ~ Exp(1)`` (equivalent to
-sampling from probs), and the noise for a request's i-th output comes from a
-generator seeded by ``(seed, i)`` alone. A request's tokens therefore depend only on
-its own seed and logits: not on batch composition, on preemption, or on which rank
-samples, which is what lets every SPMD rank sample identically.
+Random sampling inverts the CDF of the filtered distribution at a point
+``u in (0, 1]``, and ``u`` for a request's i-th output is a hash of ``(seed, i)``
+alone. A request's tokens therefore depend only on its own seed and logits: not on
+batch composition, on preemption, or on which rank samples, which is what lets every
+SPMD rank sample identically. (One hashed number per row also costs far less than a
+vocabulary-sized noise draw.)
 """
 
 from collections.abc import Sequence
@@ -29,6 +30,11 @@ def step_seed(seed: int, index: int) -> int:
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
     return (z ^ (z >> 31)) >> 1
+
+
+def uniform_point(seed: int, index: int) -> float:
+    """A number in (0, 1] determined by (seed, index) alone."""
+    return ((step_seed(seed, index) >> 10) + 1) * 2.0**-53
 
 
 def sample(
@@ -120,13 +126,19 @@ def _sample_random(
     if bool((min_ps > 0).any()):
         floor = probs.max(dim=-1, keepdim=True).values * min_ps.unsqueeze(1)
         probs.masked_fill_(probs < floor, 0.0)
-    noise = torch.empty_like(probs)
-    for i, r in enumerate(rows):
-        gen = torch.Generator().manual_seed(
-            step_seed(r.sampling.seed, len(r.token_ids) - r.num_prompt_tokens)
-        )
-        noise[i].exponential_(generator=gen)
-    return (probs / noise).argmax(dim=-1)
+    points = torch.tensor(
+        [
+            uniform_point(r.sampling.seed, len(r.token_ids) - r.num_prompt_tokens)
+            for r in rows
+        ],
+        dtype=torch.float64,
+    )
+    cdf = probs.double().cumsum(dim=-1)  # fp64: the tail of a 50k vocab stays exact
+    # The first token whose CDF reaches the point; zero-probability tokens add no
+    # width, so they can never be chosen (the point is never 0).
+    targets = (points * cdf[:, -1]).unsqueeze(1)
+    tokens = torch.searchsorted(cdf, targets).squeeze(1)
+    return tokens.clamp_(max=probs.shape[-1] - 1)
 
 
 def _mask_top_p(
