@@ -1,0 +1,363 @@
+"""Per-step cost of the control plane: moving a decode step's inputs from the
+engine to the workers, for each executor path, on a model so small (1 layer,
+hidden 64, random weights) that the forward pass is nearly free.
+
+    python benchmarks/benchmark_control_plane.py --paths uni,spmd_graph \
+        --batch-sizes 1,16 --context-lens 128 --num-steps 10
+
+For every (path, batch, context): add ``batch`` prompts of ``context`` tokens,
+step until each has its first token (prefill done), run one untimed decode step
+(it also restarts the legacy followers' loop after the byte probe), then time
+``--num-steps`` decode steps. Bytes are counted over the warm-up and timed steps.
+"""
+
+import argparse
+import contextlib
+import math
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+from unittest import mock
+
+from benchmark_utils import random_prompts, sampleable_token_ids, write_json
+
+# Per-path settings. kind says how bytes are counted: "spmd" reads the
+# executor's frame counters, "legacy" the driver's broadcast counter, "uni"
+# moves nothing between processes.
+_SPMD = {"VLLM_USE_SPMD_WORKER": "1"}
+
+
+@dataclass(frozen=True)
+class PathSpec:
+    backend: str
+    tp: int
+    kind: str
+    env: dict[str, str] = field(default_factory=dict)
+
+
+PATHS = {
+    "uni": PathSpec("uni", 1, "uni"),
+    "mp": PathSpec("mp", 2, "legacy"),
+    "ray": PathSpec("ray", 2, "legacy"),
+    "spmd_plain": PathSpec("ray", 2, "spmd", _SPMD),
+    "spmd_graph": PathSpec(
+        "ray", 2, "spmd", {**_SPMD, "VLLM_USE_RAY_COMPILED_DAG": "1"}
+    ),
+}
+# Every variable a path may set; all are cleared before a path sets its own, so
+# the caller's environment cannot turn e.g. the mp path into an SPMD one.
+_PATH_ENV_NAMES = (
+    "VLLM_USE_SPMD_WORKER",
+    "VLLM_USE_RAY_SPMD_WORKER",
+    "VLLM_USE_RAY_COMPILED_DAG",
+)
+TOKENIZER_SOURCE = "HuggingFaceTB/SmolLM2-135M-Instruct"
+KV_BYTES_PER_TOKEN = 2 * 1 * 2 * 16 * 4  # K and V, 1 layer, 2 heads, head 16, fp32
+LEGACY_CPU_NOTE = (
+    "engine CPU of mp/ray includes the driver worker's (rank 0) model work, "
+    "which runs in the engine process; uni likewise runs its only worker there"
+)
+
+
+def _int_list(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--paths", default=",".join(PATHS), help="comma-separated")
+    p.add_argument("--batch-sizes", type=_int_list, default=[1, 4, 16, 64, 256])
+    p.add_argument("--context-lens", type=_int_list, default=[128, 512, 1024, 4096])
+    p.add_argument("--num-steps", type=int, default=20, help="timed decode steps")
+    p.add_argument(
+        "--max-total-tokens",
+        type=int,
+        default=0,
+        help="skip sizes whose batch*context exceeds this (0: run all)",
+    )
+    p.add_argument("--max-num-batched-tokens", type=int, default=16384)
+    p.add_argument(
+        "--threads-per-worker",
+        type=int,
+        default=1,
+        help="torch threads per rank (VLLM_CPU_NUM_THREADS; 0: engine default). "
+        "1 keeps uni comparable: a 2-thread tiny matmul mostly waits on its peer",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output-json", default="benchmarks/results/control_plane.json")
+    args = p.parse_args(argv)
+    args.paths = [s.strip() for s in args.paths.split(",") if s.strip()]
+    unknown = [s for s in args.paths if s not in PATHS]
+    if unknown:
+        p.error(f"unknown path(s) {unknown}; choose from {list(PATHS)}")
+    if args.num_steps < 1 or min(args.batch_sizes + args.context_lens) < 1:
+        p.error("--num-steps, batch sizes and context lengths must be >= 1")
+    return args
+
+
+def write_tiny_model(folder: str, max_len: int) -> str:
+    """A config-only 1-layer Llama (weights come from load_format="dummy") with
+    SmolLM2's tokenizer files."""
+    from transformers import LlamaConfig
+
+    from vllm.transformers_utils.model_resolver import resolve_model
+
+    LlamaConfig(
+        vocab_size=1024,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=max(8192, max_len),
+        architectures=["LlamaForCausalLM"],
+    ).save_pretrained(folder)
+    source = resolve_model(TOKENIZER_SOURCE)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(source, name), folder)
+    return folder
+
+
+def grid(args: argparse.Namespace) -> list[tuple[int, int]]:
+    """(batch, context) pairs to run, skipping those over --max-total-tokens."""
+    limit = args.max_total_tokens
+    return [
+        (b, c)
+        for c in args.context_lens
+        for b in args.batch_sizes
+        if not limit or b * c <= limit
+    ]
+
+
+def request_len(batch: int, context: int, budget: int, num_steps: int) -> int:
+    """Tokens a request may reach: the first-admitted request decodes while the
+    rest of the batch prefills, then through the warm-up and timed steps."""
+    prefill_steps = math.ceil(batch * context / (budget - batch)) + 1
+    return context + prefill_steps + num_steps + 16
+
+
+def engine_kwargs(args: argparse.Namespace, sizes: list[tuple[int, int]]) -> dict:
+    """LLM keywords with a KV cache just big enough for the largest size; no
+    request may stop (max_tokens, max_model_len) before its size is measured."""
+    block = 16
+    budget = max(args.max_num_batched_tokens, 2 * max(b for b, _ in sizes))
+    lens = {(b, c): request_len(b, c, budget, args.num_steps) for b, c in sizes}
+    max_len = max(lens.values())
+    blocks = max(b * math.ceil(n / block) for (b, _), n in lens.items())
+    blocks = max(blocks, math.ceil(max_len / block)) * 1.1 + 64  # + watermark
+    return dict(
+        load_format="dummy",
+        dtype="float32",
+        block_size=block,
+        max_model_len=max_len,
+        max_num_seqs=max(256, max(b for b, _ in sizes)),
+        max_num_batched_tokens=max(budget, max_len),
+        kv_cache_space=blocks * block * KV_BYTES_PER_TOKEN / (1 << 30),
+    )
+
+
+@contextlib.contextmanager
+def path_env(spec: PathSpec) -> Iterator[None]:
+    """The path's environment while its LLM is created and used; restored after."""
+    with mock.patch.dict(os.environ):
+        for name in _PATH_ENV_NAMES:
+            os.environ.pop(name, None)
+        os.environ.update(spec.env)
+        yield
+
+
+def read_bytes(executor: Any, kind: str) -> tuple[int, int]:
+    """Cumulative (sent, received) control-plane bytes. The legacy count goes
+    through collective_rpc, which stops the followers' loop: read it only
+    outside a timed window."""
+    if kind == "spmd":
+        return executor.bytes_sent, executor.bytes_received
+    if kind == "legacy":
+        return executor.collective_rpc("control_plane_bytes")[0], 0
+    return 0, 0
+
+
+def finish_prefill(engine: Any, ids: list[str]) -> int:
+    """Steps until every request has its first token; returns the step count."""
+    waiting, steps = set(ids), 0
+    while waiting:
+        for out in engine.step():
+            if out.outputs and out.outputs[0].token_ids:
+                waiting.discard(out.request_id)
+        steps += 1
+        if not engine.has_unfinished_requests() and waiting:
+            raise RuntimeError(f"requests finished before their first token: {waiting}")
+    return steps
+
+
+def time_decode(engine: Any, num_steps: int, batch: int) -> tuple[list, float]:
+    """Wall seconds of each step, and the engine process's CPU seconds in total.
+    Raises if a step did not decode the whole batch (a request stopped or was
+    preempted): its time would not be a decode step of this size."""
+    walls, decoded = [], []
+    cpu0 = time.process_time()
+    for _ in range(num_steps):
+        t0 = time.perf_counter()
+        outputs = engine.step()
+        walls.append(time.perf_counter() - t0)
+        decoded.append(len(outputs))
+    cpu = time.process_time() - cpu0
+    if any(n != batch for n in decoded):
+        raise RuntimeError(f"decode steps covered {decoded} sequences, not {batch}")
+    return walls, cpu
+
+
+def measure(llm: Any, name: str, batch: int, context: int, ctx: dict) -> dict:
+    from vllm import SamplingParams
+
+    args, engine = ctx["args"], llm.llm_engine
+    # max_tokens=None: run until max_model_len, which engine_kwargs sized.
+    params = SamplingParams(temperature=0.0, max_tokens=None, ignore_eos=True)
+    prompts = random_prompts(ctx["allowed_ids"], batch, context, args.seed)
+    ids = [f"{name}-{batch}-{context}-{i}" for i in range(batch)]
+    t0 = time.perf_counter()
+    for rid, prompt in zip(ids, prompts):
+        engine.add_request(rid, {"prompt_token_ids": prompt}, params)
+    prefill_steps = finish_prefill(engine, ids)
+    prefill_s = time.perf_counter() - t0
+    kind = PATHS[name].kind
+    sent0, back0 = read_bytes(engine.executor, kind)
+    engine.step()  # warm-up; on legacy paths it restarts the followers' loop
+    walls, cpu = time_decode(engine, args.num_steps, batch)
+    sent1, back1 = read_bytes(engine.executor, kind)
+    engine.abort_request(ids)
+    counted = args.num_steps + 1
+    return dict(
+        path=name,
+        batch=batch,
+        context=context,
+        ms_per_step=1e3 * sum(walls) / len(walls),
+        p50_ms_per_step=1e3 * statistics.median(walls),
+        bytes_sent_per_step=(sent1 - sent0) / counted,
+        bytes_back_per_step=(back1 - back0) / counted,
+        engine_cpu_ms_per_step=1e3 * cpu / args.num_steps,
+        prefill_steps=prefill_steps,
+        prefill_s=prefill_s,
+    )
+
+
+def run_path(name: str, ctx: dict) -> list[dict]:
+    from vllm import LLM
+
+    spec = PATHS[name]
+    if spec.backend == "ray":
+        ensure_ray()
+    rows = []
+    with path_env(spec):
+        llm = LLM(
+            ctx["model"],
+            tensor_parallel_size=spec.tp,
+            distributed_executor_backend=spec.backend,
+            **ctx["engine_kwargs"],
+        )
+        try:
+            for batch, context in ctx["sizes"]:
+                row = measure(llm, name, batch, context, ctx)
+                print_row(row, file=sys.stderr)
+                rows.append(row)
+        finally:
+            llm.shutdown()
+    return rows
+
+
+def ensure_ray() -> None:
+    """One local Ray for every Ray path; executors join it and leave it up."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, include_dashboard=False, logging_level="WARNING")
+
+
+COLUMNS = (
+    ("path", "{:<11}", "path"),
+    ("batch", "{:>6}", "batch"),
+    ("context", "{:>8}", "context"),
+    ("ms/step", "{:>9.3f}", "ms_per_step"),
+    ("p50 ms", "{:>9.3f}", "p50_ms_per_step"),
+    ("sent B/step", "{:>12.1f}", "bytes_sent_per_step"),
+    ("back B/step", "{:>12.1f}", "bytes_back_per_step"),
+    ("CPU ms/step", "{:>12.3f}", "engine_cpu_ms_per_step"),
+)
+
+
+def print_row(row: dict, file=sys.stdout) -> None:
+    print(" ".join(fmt.format(row[key]) for _, fmt, key in COLUMNS), file=file)
+
+
+def print_table(rows: list[dict]) -> None:
+    header = []
+    for title, fmt, _ in COLUMNS:
+        width = int("".join(ch for ch in fmt.split(".")[0] if ch.isdigit()))
+        header.append(title.ljust(width) if "<" in fmt else title.rjust(width))
+    print(" ".join(header))
+    for row in rows:
+        print_row(row)
+    print(f"note: {LEGACY_CPU_NOTE}")
+    print("note: SPMD bytes are counted once per step; every rank gets the same frame")
+
+
+def run_all(args: argparse.Namespace, sizes: list, kwargs: dict) -> list[dict]:
+    # Set before Ray starts, so its actors inherit the thread count too.
+    threads = {"VLLM_CPU_NUM_THREADS": str(args.threads_per_worker)}
+    with (
+        tempfile.TemporaryDirectory(prefix="cp-bench-model-") as folder,
+        mock.patch.dict(os.environ, threads if args.threads_per_worker else {}),
+    ):
+        from vllm.transformers_utils.model_resolver import load_tokenizer
+
+        model = write_tiny_model(folder, kwargs["max_model_len"])
+        allowed = sampleable_token_ids(load_tokenizer(model), 1024)
+        ctx = dict(
+            args=args,
+            model=model,
+            sizes=sizes,
+            engine_kwargs=kwargs,
+            allowed_ids=allowed,
+        )
+        rows = []
+        try:
+            for name in args.paths:
+                rows.extend(run_path(name, ctx))
+        finally:
+            ray = sys.modules.get("ray")
+            if ray is not None and ray.is_initialized():
+                ray.shutdown()
+        return rows
+
+
+def main(args: argparse.Namespace) -> None:
+    from vllm import envs
+
+    sizes = grid(args)
+    if not sizes:
+        raise SystemExit("no (batch, context) size left after --max-total-tokens")
+    kwargs = engine_kwargs(args, sizes)
+    rows = run_all(args, sizes, kwargs)
+    print_table(rows)
+    if args.output_json:
+        settings = ("VLLM_SPMD_STEP_NOTIFIER", "VLLM_SPMD_WORKER_NICENESS")
+        write_json(
+            args.output_json,
+            {
+                "args": vars(args),
+                "engine_kwargs": kwargs,
+                "env": {name: getattr(envs, name, None) for name in settings},
+                "notes": [LEGACY_CPU_NOTE],
+                "results": rows,
+            },
+        )
+
+
+if __name__ == "__main__":
+    main(parse_args())

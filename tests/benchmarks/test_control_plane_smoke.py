@@ -1,0 +1,80 @@
+"""Smoke test of benchmarks/benchmark_control_plane.py and its plot: the smallest
+grid on the in-process path and the SPMD compiled-graph path, end to end."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BENCHMARKS = os.path.join(REPO, "benchmarks")
+CONTEXT = 64
+NUM = r"([0-9]+(?:\.[0-9]+)?)"
+ROW_RE = re.compile(
+    rf"^(uni|spmd_graph)\s+([0-9]+)\s+([0-9]+)\s+{NUM}\s+{NUM}\s+{NUM}\s+{NUM}\s+{NUM}$",
+    re.M,
+)
+
+
+def _run(script: str, *args: str) -> str:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH")) if p)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(BENCHMARKS, script), *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory) -> tuple[str, str]:
+    out = str(tmp_path_factory.mktemp("control_plane") / "cp.json")
+    stdout = _run(
+        "benchmark_control_plane.py",
+        "--paths", "uni,spmd_graph",
+        "--batch-sizes", "1",
+        "--context-lens", str(CONTEXT),
+        "--num-steps", "2",
+        "--output-json", out,
+    )  # fmt: skip
+    return stdout, out
+
+
+@pytest.mark.distributed
+def test_table_and_json_agree_and_are_sane(bench):
+    stdout, json_path = bench
+    table = {m[0]: [float(x) for x in m[1:]] for m in ROW_RE.findall(stdout)}
+    assert set(table) == {"uni", "spmd_graph"}, stdout
+    with open(json_path, encoding="utf-8") as f:
+        results = {r["path"]: r for r in json.load(f)["results"]}
+    assert set(results) == set(table)
+    for path, (batch, context, ms, p50, sent, back, cpu) in table.items():
+        row = results[path]
+        assert (batch, context) == (1, CONTEXT) == (row["batch"], row["context"])
+        assert ms == pytest.approx(row["ms_per_step"], abs=1e-3)
+        assert sent == pytest.approx(row["bytes_sent_per_step"], abs=0.1)
+        assert back == pytest.approx(row["bytes_back_per_step"], abs=0.1)
+        assert ms > 0 and p50 > 0 and cpu > 0
+    # In-process: nothing crosses a process boundary.
+    assert table["uni"][4] == 0 and table["uni"][5] == 0
+    graph = results["spmd_graph"]
+    assert graph["bytes_sent_per_step"] > 0 and graph["bytes_back_per_step"] > 0
+    # A decode step is a delta: far fewer bytes than the prompt's token ids,
+    # which the first (prefill) step had to carry in full.
+    assert graph["bytes_sent_per_step"] < CONTEXT
+
+
+@pytest.mark.distributed
+def test_plot_writes_png(bench, tmp_path):
+    _, json_path = bench
+    png = tmp_path / "cp.png"
+    _run("plot_control_plane.py", "--input-json", json_path, "--output", str(png))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
