@@ -22,6 +22,25 @@ TINY_VARIANTS = {
     ),
     "qwen2_bias": ("Qwen2Config", dict(num_attention_heads=4, num_key_value_heads=2)),
     "llama_tp4": ("LlamaConfig", dict(num_attention_heads=8, num_key_value_heads=4)),
+    # Llama 3.1-style frequency rescaling of the rotary embedding.
+    "llama3_rope": (
+        "LlamaConfig",
+        dict(
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            rope_scaling={
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 64,
+            },
+        ),
+    ),
+    "mistral": (
+        "MistralConfig",
+        dict(num_attention_heads=4, num_key_value_heads=1, sliding_window=None),
+    ),
 }
 
 

@@ -61,7 +61,9 @@ def test_smollm2_top5_logprobs_match_hf(smollm2, smollm2_path):
         assert completion.cumulative_logprob == pytest.approx(total, abs=1e-2)
 
 
-@pytest.mark.parametrize("variant", ["llama_gqa", "qwen2_bias", "llama_mha_tied"])
+@pytest.mark.parametrize(
+    "variant", ["llama_gqa", "qwen2_bias", "llama_mha_tied", "llama3_rope", "mistral"]
+)
 def test_tiny_checkpoints_greedy_match_hf(tiny_model, variant):
     path = tiny_model(variant)
     gen = torch.Generator().manual_seed(7)
