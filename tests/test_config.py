@@ -61,3 +61,16 @@ def test_uni_backend_refuses_tp(clean_env, tiny_model):
     )
     with pytest.raises(ValueError, match="'mp' or 'ray'"):
         args.create_engine_config()
+
+
+def test_sliding_window_caps_max_model_len(tmp_path):
+    from transformers import MistralConfig, Qwen2Config
+
+    from vllm.config import derive_max_model_len
+
+    windowed = MistralConfig(sliding_window=64, max_position_embeddings=512)
+    assert derive_max_model_len(windowed) == 64
+    assert derive_max_model_len(MistralConfig(sliding_window=None)) == 131072
+    # Qwen2 carries a window size but leaves it off.
+    qwen = Qwen2Config(sliding_window=64, use_sliding_window=False)
+    assert derive_max_model_len(qwen) == qwen.max_position_embeddings

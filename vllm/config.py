@@ -92,7 +92,14 @@ class ModelConfig:
 
 
 def derive_max_model_len(hf_config: Any) -> int:
-    return int(getattr(hf_config, "max_position_embeddings", 0) or 2048)
+    """The longest context the model supports here. Attention is always full, so a
+    sliding-window model (Mistral-style) is capped at its window, where full and
+    windowed attention agree."""
+    limit = int(getattr(hf_config, "max_position_embeddings", 0) or 2048)
+    window = getattr(hf_config, "sliding_window", None)
+    if window and getattr(hf_config, "use_sliding_window", True):
+        limit = min(limit, int(window))
+    return limit
 
 
 @dataclass(frozen=True)
