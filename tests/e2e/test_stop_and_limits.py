@@ -96,6 +96,17 @@ def test_stop_token_id(smollm2, counting):
     assert out.token_ids == ids[: pos + 1]
     assert out.finish_reason == "stop"
     assert out.stop_reason == ids[pos]
+    # The stopping token's text is left out, unless asked for (as in vLLM).
+    tokenizer = smollm2.get_tokenizer()
+    assert out.text == tokenizer.decode(ids[:pos], skip_special_tokens=True)
+    kept = _one(
+        smollm2,
+        COUNT_PROMPT,
+        max_tokens=30,
+        stop_token_ids=[ids[pos]],
+        include_stop_str_in_output=True,
+    )
+    assert kept.text == tokenizer.decode(ids[: pos + 1], skip_special_tokens=True)
 
 
 @pytest.mark.slow

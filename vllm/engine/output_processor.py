@@ -106,17 +106,20 @@ class OutputProcessor:
     def _check_stop(self, req: Request, state: OutputState) -> RequestStatus | None:
         token = req.output_token_ids[-1]
         params = state.parent.params
-        stop_str = state.detokenizer.update([token])
         num_out = len(req.output_token_ids)
-        if num_out >= params.min_tokens:
-            if token == self.eos_token_id and not params.ignore_eos:
-                return RequestStatus.FINISHED_STOPPED
-            if token in params.stop_token_ids:
-                req.stop_reason = token
-                return RequestStatus.FINISHED_STOPPED
-            if stop_str is not None:
-                req.stop_reason = stop_str
-                return RequestStatus.FINISHED_STOPPED
+        may_stop = num_out >= params.min_tokens
+        is_eos = token == self.eos_token_id and not params.ignore_eos
+        if may_stop and (is_eos or token in params.stop_token_ids):
+            # As in vLLM, the stopping token's text is left out of the output
+            # unless include_stop_str_in_output asks for it.
+            if params.include_stop_str_in_output:
+                state.detokenizer.update([token])
+            req.stop_reason = None if is_eos else token
+            return RequestStatus.FINISHED_STOPPED
+        stop_str = state.detokenizer.update([token])
+        if may_stop and stop_str is not None:
+            req.stop_reason = stop_str
+            return RequestStatus.FINISHED_STOPPED
         if num_out >= req.max_tokens or req.num_tokens >= self.max_model_len:
             return RequestStatus.FINISHED_LENGTH
         return None
