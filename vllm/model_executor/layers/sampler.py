@@ -45,11 +45,15 @@ def sample(
     raw = torch.log_softmax(logits, dim=-1) if wants_logprobs else None
     _apply_penalties(logits, rows)
     _apply_bans(logits, rows)
-    tokens = logits.argmax(dim=-1)
     random_rows = [i for i, r in enumerate(rows) if r.sampling.temperature > 0.0]
-    if random_rows:
-        picked = torch.tensor(random_rows)
-        tokens[picked] = _sample_random(logits[picked], [rows[i] for i in random_rows])
+    if len(random_rows) == len(rows):  # the common all-random batch: no argmax pass
+        tokens = _sample_random(logits, rows)
+    else:
+        tokens = logits.argmax(dim=-1)
+        if random_rows:
+            picked = torch.tensor(random_rows)
+            chosen = [rows[i] for i in random_rows]
+            tokens[picked] = _sample_random(logits[picked], chosen)
     token_list = tokens.tolist()
     if raw is None:
         return token_list, [None] * len(rows)
