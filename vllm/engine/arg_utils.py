@@ -39,6 +39,8 @@ class EngineArgs:
     tensor_parallel_size: int = 1
     distributed_executor_backend: str | None = None
     load_format: str = "auto"
+    # Accepted for vLLM compatibility and ignored: there is no graph capture on
+    # CPU, so every run is eager.
     enforce_eager: bool = False
 
     @staticmethod
@@ -67,7 +69,11 @@ class EngineArgs:
         add("--tensor-parallel-size", "-tp", type=int, default=1)
         add("--distributed-executor-backend", choices=EXECUTOR_BACKENDS, default=None)
         add("--load-format", choices=LOAD_FORMATS, default=d.load_format)
-        add("--enforce-eager", action="store_true")
+        add(
+            "--enforce-eager",
+            action="store_true",
+            help="accepted for compatibility; execution is always eager here",
+        )
         return parser
 
     @classmethod
@@ -88,7 +94,7 @@ class EngineArgs:
             seed=self.seed,
             max_model_len=max_len,
             load_format=self.load_format,
-            enforce_eager=self.enforce_eager,
+            use_custom_kernels=envs.VLLM_USE_CUSTOM_KERNELS,
         )
         return VllmConfig(
             model_config=model_config,
@@ -101,7 +107,6 @@ class EngineArgs:
             scheduler_config=SchedulerConfig(
                 max_num_seqs=self.max_num_seqs,
                 max_num_batched_tokens=self.max_num_batched_tokens or 2048,
-                max_model_len=max_len,
             ),
         )
 
@@ -119,4 +124,7 @@ class EngineArgs:
             use_spmd_worker=spmd,
             use_compiled_dag=envs.VLLM_USE_RAY_COMPILED_DAG,
             ray_address=envs.VLLM_RAY_ADDRESS,
+            num_threads_per_worker=envs.VLLM_CPU_NUM_THREADS,
+            spmd_step_notifier=envs.VLLM_SPMD_STEP_NOTIFIER,
+            spmd_worker_niceness=envs.VLLM_SPMD_WORKER_NICENESS,
         )
