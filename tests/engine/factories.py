@@ -64,7 +64,9 @@ def step(scheduler: Scheduler, token: int = 7) -> SchedulerOutput:
     out = scheduler.schedule()
     got = scheduler.update_from_output(out, fake_output(out, token))
     done = [r for r in got if len(r.output_token_ids) >= r.max_tokens]
-    scheduler.finish_requests(done, RequestStatus.FINISHED_LENGTH)
+    scheduler.finish_requests(
+        [r.request_id for r in done], RequestStatus.FINISHED_LENGTH
+    )
     return out
 
 

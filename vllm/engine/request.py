@@ -3,7 +3,6 @@ block ids; workers hold their own copy of its tokens."""
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any
 
 from vllm.messages import SamplingOptions
 
@@ -41,9 +40,6 @@ class Request:
     # Blocks the workers already know; None while they do not hold the request
     # (never sent, or evicted by preemption) and it must travel in full.
     num_blocks_sent: int | None = None
-    stop_reason: int | str | None = None
-    # Output-side state owned by the output processor (detokenizer, logprobs...).
-    output_state: Any = None
 
     @property
     def num_tokens(self) -> int:

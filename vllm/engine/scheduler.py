@@ -146,9 +146,12 @@ class Scheduler:
             got.append(req)
         return got
 
-    def finish_requests(self, reqs: Iterable[Request], status: RequestStatus) -> None:
-        for req in reqs:
-            if req.status.finished:
+    def finish_requests(self, req_ids: Iterable[str], status: RequestStatus) -> None:
+        """Ends requests (stopped, length, aborted) and frees their blocks; ids no
+        longer live are skipped."""
+        for req_id in req_ids:
+            req = self.requests.get(req_id)
+            if req is None:
                 continue
             if req.status == RequestStatus.RUNNING:
                 self.running.remove(req)
