@@ -2,19 +2,11 @@
 run, print vLLM-style lines, and report the hit rate the workload implies."""
 
 import json
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 
-from tests.benchmarks.test_benchmark_smoke import (
-    BENCHMARKS,
-    FLOAT,
-    REPO,
-    THROUGHPUT_RE,
-)
+from tests.benchmarks.test_benchmark_smoke import FLOAT, THROUGHPUT_RE, run_benchmark
 
 NUM_PROMPTS, PREFIX_LEN, OUTPUT_LEN, BLOCK_SIZE = 4, 32, 4, 16
 HIT_RE = re.compile(
@@ -25,11 +17,8 @@ SPEEDUP_RE = re.compile(rf"^Speedup with prefix caching: {FLOAT}x$", re.M)
 
 def _run(model: str, tmp_path, *extra: str) -> tuple[str, dict]:
     out_json = tmp_path / "prefix.json"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH")) if p)
-    cmd = [
-        sys.executable,
-        os.path.join(BENCHMARKS, "benchmark_prefix_caching.py"),
+    stdout = run_benchmark(
+        "benchmark_prefix_caching.py",
         "--model",
         model,
         "--load-format",
@@ -50,12 +39,9 @@ def _run(model: str, tmp_path, *extra: str) -> tuple[str, dict]:
         "--output-json",
         str(out_json),
         *extra,
-    ]
-    proc = subprocess.run(
-        cmd, env=env, capture_output=True, text=True, timeout=300, cwd=REPO
+        timeout=300,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout, json.loads(out_json.read_text())
+    return stdout, json.loads(out_json.read_text())
 
 
 def test_both_settings_lines_and_hit_rates(tiny_dummy_model, tmp_path):

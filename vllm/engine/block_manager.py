@@ -15,6 +15,7 @@ the least recently released first.
 
 import itertools
 from collections import OrderedDict, deque
+from collections.abc import Sequence
 
 from vllm.engine.request import Request
 
@@ -60,7 +61,7 @@ class BlockManager:
         return self._ref[block]
 
     def blocks_needed(
-        self, req: Request, num_tokens: int, cached: list[int] = ()
+        self, req: Request, num_tokens: int, cached: Sequence[int] = ()
     ) -> int:
         """Free blocks req takes to hold num_tokens tokens in total, with the
         blocks in ``cached`` (a lookup hit) as its first ones: a hit block that
@@ -70,19 +71,21 @@ class BlockManager:
         return new + sum(1 for b in cached if self._ref[b] == 0)
 
     def can_allocate(
-        self, req: Request, num_tokens: int, cached: list[int] = ()
+        self, req: Request, num_tokens: int, cached: Sequence[int] = ()
     ) -> bool:
         """For admitting a waiting request: keeps a watermark of blocks free, so the
         running requests can still grow before anyone must be preempted."""
         needed = self.blocks_needed(req, num_tokens, cached)
         return needed <= self.num_free_blocks - self.watermark_blocks
 
-    def can_append(self, req: Request, num_tokens: int, cached: list[int] = ()) -> bool:
+    def can_append(
+        self, req: Request, num_tokens: int, cached: Sequence[int] = ()
+    ) -> bool:
         """For growing a running request: may use the watermark."""
         return self.blocks_needed(req, num_tokens, cached) <= self.num_free_blocks
 
     def allocate(
-        self, req: Request, num_tokens: int, cached: list[int] = ()
+        self, req: Request, num_tokens: int, cached: Sequence[int] = ()
     ) -> list[int]:
         """Grows req's block list to hold num_tokens, starting from the hit
         ``cached`` for a request that holds no block yet; returns the new
