@@ -114,3 +114,16 @@ def hf_greedy(
                 rows = [torch.log_softmax(s[0].float(), -1) for s in out.logits]
                 logprobs.append(rows)
     return tokens, (logprobs if top_logprobs else None)
+
+
+def use_control_plane(monkeypatch, name: str):
+    """Sets the environment that selects control plane ``name`` (see
+    vllm.executor.CONTROL_PLANES) for this test; returns the plane."""
+    from vllm.executor import CONTROL_PLANES, control_plane_env
+
+    for key, value in control_plane_env(name).items():
+        if value is None:
+            monkeypatch.delenv(key, raising=False)
+        else:
+            monkeypatch.setenv(key, value)
+    return CONTROL_PLANES[name]

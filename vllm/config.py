@@ -115,6 +115,9 @@ class CacheConfig:
     # Fixes the number of KV blocks instead of sizing them from kv_cache_space_gib
     # (tests use it to force preemption).
     num_gpu_blocks_override: int | None = None
+    # Reuse the KV of full blocks whose token prefix an earlier request already
+    # computed. Off by default, as in the vLLM this project follows (V0 engine).
+    enable_prefix_caching: bool = False
 
     def __post_init__(self) -> None:
         if self.block_size not in (1, 2, 4, 8, 16, 32, 64, 128):

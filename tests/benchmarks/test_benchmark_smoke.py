@@ -26,21 +26,21 @@ AVG_RE = re.compile(rf"^Avg latency: {FLOAT} seconds$", re.M)
 PERCENTILE_RE = re.compile(rf"^([0-9]+)% percentile latency: {FLOAT} seconds$", re.M)
 
 
-@pytest.fixture(scope="module")
-def tiny_dummy_model(tmp_path_factory, smollm2_path) -> str:
-    """A config-only tiny Llama folder (weights come from --load-format dummy)."""
-    from vllm.transformers_utils.tiny_model import tiny_config, write_model_folder
-
-    out = str(tmp_path_factory.mktemp("tiny_bench_model"))
-    return write_model_folder(out, tiny_config(max_position_embeddings=256))
+def run_benchmark(script: str, *args: str, timeout: int = 180) -> str:
+    """Runs benchmarks/<script> offline with this checkout importable."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH")) if p)
+    cmd = [sys.executable, os.path.join(BENCHMARKS, script), *args]
+    proc = subprocess.run(
+        cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO
+    )
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stderr[-3000:]}"
+    return proc.stdout
 
 
 def run_script(script: str, model: str, *extra: str) -> str:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH")) if p)
-    cmd = [
-        sys.executable,
-        os.path.join(BENCHMARKS, script),
+    return run_benchmark(
+        script,
         "--model",
         model,
         "--load-format",
@@ -52,12 +52,7 @@ def run_script(script: str, model: str, *extra: str) -> str:
         "--output-len",
         str(OUTPUT_LEN),
         *extra,
-    ]
-    proc = subprocess.run(
-        cmd, env=env, capture_output=True, text=True, timeout=180, cwd=REPO
     )
-    assert proc.returncode == 0, f"{script} failed:\n{proc.stderr[-3000:]}"
-    return proc.stdout
 
 
 def run_throughput(model: str, tmp_path_factory, *extra: str) -> tuple[str, dict]:

@@ -6,8 +6,9 @@ import os
 import pytest
 import torch
 
+from tests.conftest import use_control_plane
 from vllm import LLM, SamplingParams
-from vllm.executor import CONTROL_PLANES, control_plane_env
+from vllm.executor import CONTROL_PLANES
 
 PATHS = list(CONTROL_PLANES)
 
@@ -24,12 +25,7 @@ def shared_ray():
 
 def make_llm(monkeypatch, path_name: str, model: str, tp: int = 2, **kwargs) -> LLM:
     """An LLM on control plane ``path_name``; uni always runs at TP=1."""
-    for key, value in control_plane_env(path_name).items():
-        if value is None:
-            monkeypatch.delenv(key, raising=False)
-        else:
-            monkeypatch.setenv(key, value)
-    backend = CONTROL_PLANES[path_name].backend
+    backend = use_control_plane(monkeypatch, path_name).backend
     return LLM(
         model,
         tensor_parallel_size=1 if backend == "uni" else tp,

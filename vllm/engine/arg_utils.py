@@ -36,6 +36,7 @@ class EngineArgs:
     max_num_batched_tokens: int | None = None
     kv_cache_space: float = 4.0
     num_gpu_blocks_override: int | None = None
+    enable_prefix_caching: bool = False
     tensor_parallel_size: int = 1
     distributed_executor_backend: str | None = None
     load_format: str = "auto"
@@ -66,6 +67,12 @@ class EngineArgs:
             help="GiB of KV cache per worker (CPU)",
         )
         add("--num-gpu-blocks-override", type=int, default=None)
+        add(
+            "--enable-prefix-caching",
+            action=argparse.BooleanOptionalAction,
+            default=d.enable_prefix_caching,
+            help="reuse the KV cache of shared prompt prefixes",
+        )
         add("--tensor-parallel-size", "-tp", type=int, default=1)
         add("--distributed-executor-backend", choices=EXECUTOR_BACKENDS, default=None)
         add("--load-format", choices=LOAD_FORMATS, default=d.load_format)
@@ -102,6 +109,7 @@ class EngineArgs:
                 block_size=self.block_size,
                 kv_cache_space_gib=self.kv_cache_space,
                 num_gpu_blocks_override=self.num_gpu_blocks_override,
+                enable_prefix_caching=self.enable_prefix_caching,
             ),
             parallel_config=self._parallel_config(),
             scheduler_config=SchedulerConfig(

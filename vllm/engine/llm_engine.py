@@ -43,7 +43,12 @@ class LLMEngine:
         logger.info("KV cache: %d blocks (%d tokens)", self.num_kv_blocks, capacity)
         self.scheduler = Scheduler(
             vllm_config.scheduler_config,
-            BlockManager(self.num_kv_blocks, cc.block_size, cc.watermark),
+            BlockManager(
+                self.num_kv_blocks,
+                cc.block_size,
+                cc.watermark,
+                enable_caching=cc.enable_prefix_caching,
+            ),
         )
         self.output_processor = OutputProcessor(
             self.tokenizer, self.tokenizer.eos_token_id, mc.max_model_len

@@ -37,6 +37,9 @@ class Request:
     status: RequestStatus = RequestStatus.WAITING
     num_computed_tokens: int = 0
     block_ids: list[int] = field(default_factory=list)
+    # Prefix caching: prefix_ids[j] names the exact tokens of blocks 0..j, for
+    # each full block already computed (see block_manager).
+    prefix_ids: list[int] = field(default_factory=list)
     # Blocks the workers already know; None while they do not hold the request
     # (never sent, or evicted by preemption) and it must travel in full.
     num_blocks_sent: int | None = None
