@@ -51,7 +51,8 @@ class ModelRunner:
         scheduled = self.requests.apply(req)
         if not scheduled:
             return _EMPTY
-        inp = self.prepare_inputs(scheduled)
+        with torch.profiler.record_function("vllm::prepare_inputs"):
+            inp = self.prepare_inputs(scheduled)
         if self.broadcast:
             header, body = inp.pack()
             self.tp.broadcast(header)
@@ -64,7 +65,8 @@ class ModelRunner:
         prompt_logprobs = self._prompt_logprobs(logits[num_sampled:], inp)
         if not num_sampled:
             return SamplerOutput([], [], [], prompt_logprobs)
-        tokens, logprobs = sample(logits[:num_sampled], inp.sample_states)
+        with torch.profiler.record_function("vllm::sample"):
+            tokens, logprobs = sample(logits[:num_sampled], inp.sample_states)
         for state, token in zip(inp.sample_states, tokens):
             state.token_ids.append(token)
         return SamplerOutput(
@@ -92,10 +94,12 @@ class ModelRunner:
     def _forward(self, inp: ModelInput, gather_to_all: bool) -> torch.Tensor | None:
         """-> float32 logits [N, vocab] of inp.logits_rows (None on ranks that
         only contributed to a gather)."""
-        hidden = self.model(inp.input_ids, inp.positions, self.kv_caches, inp.meta)
+        with torch.profiler.record_function("vllm::forward"):
+            hidden = self.model(inp.input_ids, inp.positions, self.kv_caches, inp.meta)
         if not len(inp.logits_rows):
             return torch.empty(0, 0)
-        logits = self.model.compute_logits(hidden[inp.logits_rows], gather_to_all)
+        with torch.profiler.record_function("vllm::compute_logits"):
+            logits = self.model.compute_logits(hidden[inp.logits_rows], gather_to_all)
         return None if logits is None else logits.float()
 
     def prepare_inputs(
