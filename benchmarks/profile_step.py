@@ -98,36 +98,43 @@ def _us(ev: Any) -> float:
     return ev.time_range.end - ev.time_range.start
 
 
-def _walk(ev: Any, scope: str | None, into: dict[str, float]) -> None:
+def _walk(ev: Any, scope: str | None, into: dict[str, float], ops: dict) -> None:
+    """Adds ``ev``'s time to its category in ``into``, and each top-level op's
+    time to ``ops[(category, op name)]``."""
     if ev.name == FORWARD:
         into["forward_wall"] += _us(ev)
         scope = FORWARD
     elif ev.name in SCOPES:
-        into[SCOPES[ev.name]] += _us(ev)
+        key = SCOPES[ev.name]
+        into[key] += _us(ev)
         into["scopes_wall"] += _us(ev)
+        for child in ev.cpu_children:
+            ops[key, child.name] += _us(child)
         return
     elif scope == FORWARD:
         key = classify_op(ev.name, list(ev.stack or []))
         into[key] += _us(ev)
         into["forward_ops"] += _us(ev)
+        ops[key, ev.name] += _us(ev)
         return
     for child in ev.cpu_children:
-        _walk(child, scope, into)
+        _walk(child, scope, into, ops)
 
 
-def breakdown(events: Any) -> list[dict[str, float]]:
-    """Per profiled step: microseconds per category (plus the raw sums)."""
-    steps = []
+def breakdown(events: Any) -> tuple[list[dict[str, float]], dict]:
+    """Per profiled step: microseconds per category (plus the raw sums); and
+    microseconds per (category, op name) summed over the steps."""
+    steps, ops = [], defaultdict(float)
     for ev in events:
         if ev.name != STEP or ev.cpu_parent is not None:
             continue
         into: dict[str, float] = defaultdict(float)
         into["wall"] = _us(ev)
-        _walk(ev, None, into)
+        _walk(ev, None, into, ops)
         into["python_forward"] = into["forward_wall"] - into["forward_ops"]
         into["engine_rest"] = into["wall"] - into["forward_wall"] - into["scopes_wall"]
         steps.append(into)
-    return steps
+    return steps, ops
 
 
 @dataclasses.dataclass
@@ -139,6 +146,7 @@ class StepProfile:
     wall_ms: float  # profiled step, mean
     unprofiled_ms: float  # the same kind of step without the profiler, median
     ms: dict[str, float]  # category -> mean ms per profiled step
+    top_ops: dict[str, list]  # category -> [(op name, mean ms per step)], top 5
 
 
 def _computed(engine: LLMEngine) -> dict[str, int]:
@@ -161,14 +169,18 @@ def _profiled(engine: LLMEngine, steps: int, with_stack: bool):
     activities = [torch.profiler.ProfilerActivity.CPU]
     with torch.profiler.profile(activities=activities, with_stack=with_stack) as prof:
         runs = [_timed_step(engine) for _ in range(steps)]
-    per_step = breakdown(prof.events())
+    per_step, ops = breakdown(prof.events())
     assert len(per_step) == steps, "record_function steps missing from the trace"
     ms = {
         key: sum(s.get(key, 0.0) for s in per_step) / steps / 1e3
         for key, _ in CATEGORIES
     }
+    top: dict[str, list] = defaultdict(list)
+    for (key, name), us in sorted(ops.items(), key=lambda kv: -kv[1]):
+        if len(top[key]) < 5:
+            top[key].append((name, us / steps / 1e3))
     wall = sum(s["wall"] for s in per_step) / steps / 1e3
-    return runs, ms, wall
+    return runs, ms, dict(top), wall
 
 
 def _add(engine: LLMEngine, prompts: list[list[int]], params: SamplingParams):
@@ -193,8 +205,15 @@ def profile_batch(
     args: argparse.Namespace,
 ) -> list[StepProfile]:
     d = args.decode_steps
+    # The first requests decode while later ones still prefill: none may finish
+    # before the profiled decode steps are done.
+    budget = engine.config.scheduler_config.max_num_batched_tokens
+    prefill_steps = -(-len(prompts) * args.prompt_len // budget)
     params = SamplingParams(
-        temperature=args.temperature, top_p=1.0, ignore_eos=True, max_tokens=4 * d + 4
+        temperature=args.temperature,
+        top_p=1.0,
+        ignore_eos=True,
+        max_tokens=prefill_steps + 2 * d + 4,
     )
     # Unprofiled prefill first (it also warms up this batch's shapes), of other
     # prompts, so that no prefix cache can shorten the profiled one.
@@ -202,15 +221,17 @@ def profile_batch(
     bare_prefill = _timed_step(engine)[0]
     engine.abort_request(ids)
     ids = _add(engine, prompts, params)
-    runs, ms, wall = _profiled(engine, 1, args.with_stack)
+    runs, ms, top, wall = _profiled(engine, 1, args.with_stack)
     _, tokens, seqs = runs[0]
     prefill = StepProfile(
-        "prefill", len(prompts), seqs, tokens, wall, bare_prefill * 1e3, ms
+        "prefill", len(prompts), seqs, tokens, wall, bare_prefill * 1e3, ms, top
     )
     while not _decoding(engine):
         engine.step()
     bare = [_timed_step(engine)[0] for _ in range(d)]
-    runs, ms, wall = _profiled(engine, d, args.with_stack)
+    runs, ms, top, wall = _profiled(engine, d, args.with_stack)
+    if any(seqs != len(prompts) for _, _, seqs in runs):
+        raise RuntimeError(f"a decode step did not run all {len(prompts)} requests")
     decode = StepProfile(
         "decode",
         len(prompts),
@@ -219,6 +240,7 @@ def profile_batch(
         wall,
         statistics.median(bare) * 1e3,
         ms,
+        top,
     )
     engine.abort_request(ids)
     return [prefill, decode]
@@ -263,6 +285,12 @@ def main(args: argparse.Namespace) -> None:
         engine.shutdown()
     profiles.sort(key=lambda p: (p.kind != "prefill", p.batch))
     print(markdown(profiles))
+    for p in profiles if args.top_ops else ():
+        print(f"\nTop ops, {p.kind} B={p.batch} (ms per step):")
+        for key, label in CATEGORIES:
+            names = ", ".join(f"{n} {ms:.1f}" for n, ms in p.top_ops.get(key, [])[:3])
+            if names:
+                print(f"  {label}: {names}")
     if args.output_json:
         write_json(
             args.output_json,
@@ -290,6 +318,7 @@ def make_parser() -> argparse.ArgumentParser:
         help="record Python frames: needed to attribute the pure-torch fallbacks "
         "(VLLM_USE_CUSTOM_KERNELS=0); adds profiler overhead",
     )
+    add("--top-ops", action="store_true", help="also print the top ops per category")
     add("--output-json", type=str, default="benchmarks/results/profile_step.json")
     parser = EngineArgs.add_cli_args(parser)
     parser.set_defaults(dtype="float32")

@@ -66,6 +66,7 @@ def profile(tiny_model, tmp_path_factory):
             "2",
             "--kv-cache-space",
             "0.05",
+            "--top-ops",
             "--output-json",
             str(out),
         ]
@@ -90,6 +91,9 @@ def test_profile_finds_every_part_of_the_step(profile):
         if s["kind"] == "decode":
             attn, idle = idle, attn
         assert ms[attn] > 0 and ms[idle] == 0
+        linear_ops = dict(profile_step.OP_NAMES)["linear"]
+        assert {name for name, _ in s["top_ops"]["linear"]} <= set(linear_ops)
+        assert s["top_ops"]["sampling"] and s["top_ops"]["logits"]
         # The categories partition the profiled step.
         assert sum(ms.values()) == pytest.approx(s["wall_ms"], rel=1e-6)
         assert s["unprofiled_ms"] > 0
