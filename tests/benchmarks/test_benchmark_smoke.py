@@ -24,6 +24,9 @@ PROMPT_TOKENS_RE = re.compile(r"^Total num prompt tokens:\s+([0-9]+)$", re.M)
 OUTPUT_TOKENS_RE = re.compile(r"^Total num output tokens:\s+([0-9]+)$", re.M)
 AVG_RE = re.compile(rf"^Avg latency: {FLOAT} seconds$", re.M)
 PERCENTILE_RE = re.compile(rf"^([0-9]+)% percentile latency: {FLOAT} seconds$", re.M)
+MFU_RE = re.compile(
+    rf"^MFU: {FLOAT}% \({FLOAT} GFLOP/s of model matmuls / {FLOAT} GFLOP/s", re.M
+)
 
 
 def run_benchmark(script: str, *args: str, timeout: int = 180) -> str:
@@ -72,7 +75,9 @@ def run_throughput(model: str, tmp_path_factory, *extra: str) -> tuple[str, dict
 
 @pytest.fixture(scope="module")
 def vllm_run(tiny_dummy_model, tmp_path_factory):
-    return run_throughput(tiny_dummy_model, tmp_path_factory, "--backend", "vllm")
+    return run_throughput(
+        tiny_dummy_model, tmp_path_factory, "--backend", "vllm", "--report-mfu"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +128,27 @@ def test_throughput_lines_parse_and_agree(which, request):
         NUM_PROMPTS / result["elapsed_time"]
     )
     assert result["args"]["backend"] == which.split("_")[0]
+
+
+def test_mfu_line_agrees_with_the_run(vllm_run, tiny_dummy_model, bench):
+    from benchmark_machine import model_flops
+
+    from vllm.transformers_utils.model_resolver import load_hf_config
+
+    stdout, result = vllm_run
+    (util, achieved, rate), *rest = MFU_RE.findall(stdout)
+    assert not rest and float(rate) > 0
+    flops = model_flops(
+        load_hf_config(tiny_dummy_model),
+        result["total_prompt_tokens"],
+        result["total_output_tokens"],
+    )
+    assert result["model_gflops"] == pytest.approx(flops / result["elapsed_time"] / 1e9)
+    assert result["mfu"] == pytest.approx(
+        result["model_gflops"] / result["matmul_gflops"]
+    )
+    assert float(util) == pytest.approx(100 * result["mfu"], abs=0.06)
+    assert float(achieved) == pytest.approx(result["model_gflops"], abs=0.06)
 
 
 def test_hf_and_vllm_report_same_totals(vllm_run, hf_run):
@@ -210,6 +236,7 @@ def test_dataset_prompts_strings_and_objects(bench, smollm2_path, tmp_path):
         ["--dataset", "x.json", "--input-len", "8", "--output-len", "4"],
         ["--input-len", "8", "--output-len", "4", "--backend", "hf"],
         ["--input-len", "8", "--output-len", "4", "--hf-max-batch-size", "2"],
+        ["--input-len", "8", "--output-len", "4", "--backend", "llama.cpp", "-tp", "2"],
     ],
 )
 def test_throughput_rejects_bad_flag_combinations(bench, argv):
