@@ -205,11 +205,36 @@ class SchedulerConfig:
 
 
 @dataclass(frozen=True)
+class LoRAConfig:
+    """Present only with --enable-lora: without it the model has no LoRA layers."""
+
+    max_loras: int = 1  # distinct adapters in one step (and slots per layer)
+    max_lora_rank: int = 16  # the largest rank an adapter may have
+    max_cpu_loras: int | None = None  # adapters a worker keeps loaded; >= max_loras
+
+    def __post_init__(self) -> None:
+        if self.max_loras < 1:
+            raise ValueError(f"max_loras must be >= 1; got {self.max_loras}")
+        if self.max_lora_rank < 1:
+            raise ValueError(f"max_lora_rank must be >= 1; got {self.max_lora_rank}")
+        if self.max_cpu_loras is not None and self.max_cpu_loras < self.max_loras:
+            raise ValueError(
+                f"max_cpu_loras ({self.max_cpu_loras}) must be >= max_loras "
+                f"({self.max_loras})"
+            )
+
+    @property
+    def cpu_capacity(self) -> int:
+        return self.max_cpu_loras or self.max_loras
+
+
+@dataclass(frozen=True)
 class VllmConfig:
     model_config: ModelConfig
     cache_config: CacheConfig = field(default_factory=CacheConfig)
     parallel_config: ParallelConfig = field(default_factory=ParallelConfig)
     scheduler_config: SchedulerConfig = field(default_factory=SchedulerConfig)
+    lora_config: LoRAConfig | None = None  # None: LoRA off
 
     def __post_init__(self) -> None:
         """Refuses a TP size the model cannot be split by, before any process

@@ -32,6 +32,14 @@ class SamplingOptions(msgspec.Struct, array_like=True, omit_defaults=True):
     prompt_logprobs: int = -1  # top-k logprobs per prompt position; -1 means none
 
 
+class LoRASpec(msgspec.Struct, array_like=True, frozen=True):
+    """A LoRA adapter as workers load it: from a PEFT folder on their machine."""
+
+    lora_int_id: int  # >= 1, unique per adapter; what batches and caches key on
+    lora_name: str
+    lora_path: str  # folder with adapter_config.json and adapter_model.safetensors
+
+
 class NewRequest(msgspec.Struct, array_like=True):
     """A request sent in full: first scheduling, or resumption after preemption
     (the worker then drops any state it held under this id)."""
@@ -45,6 +53,9 @@ class NewRequest(msgspec.Struct, array_like=True):
     num_computed_tokens: int
     num_scheduled_tokens: int  # tokens to compute this step, after those computed
     sampling: SamplingOptions
+    # The adapter the request runs with, None for the base model. It travels
+    # here only, so a decode step never repeats it.
+    lora: LoRASpec | None = None
 
 
 class RunningRequest(msgspec.Struct, array_like=True):

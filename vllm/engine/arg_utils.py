@@ -10,6 +10,7 @@ from vllm.config import (
     EXECUTOR_BACKENDS,
     LOAD_FORMATS,
     CacheConfig,
+    LoRAConfig,
     ModelConfig,
     ParallelConfig,
     SchedulerConfig,
@@ -43,6 +44,10 @@ class EngineArgs:
     # Accepted for vLLM compatibility and ignored: there is no graph capture on
     # CPU, so every run is eager.
     enforce_eager: bool = False
+    enable_lora: bool = False
+    max_loras: int = 1
+    max_lora_rank: int = 16
+    max_cpu_loras: int | None = None
 
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -81,6 +86,15 @@ class EngineArgs:
             action="store_true",
             help="accepted for compatibility; execution is always eager here",
         )
+        add("--enable-lora", action="store_true", help="serve LoRA adapters")
+        add("--max-loras", type=int, default=d.max_loras, help="adapters per step")
+        add("--max-lora-rank", type=int, default=d.max_lora_rank)
+        add(
+            "--max-cpu-loras",
+            type=int,
+            default=None,
+            help="adapters each worker keeps loaded (default: --max-loras)",
+        )
         return parser
 
     @classmethod
@@ -116,7 +130,13 @@ class EngineArgs:
                 max_num_seqs=self.max_num_seqs,
                 max_num_batched_tokens=self.max_num_batched_tokens or 2048,
             ),
+            lora_config=self._lora_config(),
         )
+
+    def _lora_config(self) -> LoRAConfig | None:
+        if not self.enable_lora:
+            return None
+        return LoRAConfig(self.max_loras, self.max_lora_rank, self.max_cpu_loras)
 
     def _parallel_config(self) -> ParallelConfig:
         spmd = envs.VLLM_USE_SPMD_WORKER

@@ -20,9 +20,14 @@ from collections.abc import Sequence
 from vllm.engine.request import Request
 
 # (prefix id of the blocks before, this block's tokens); the first block's parent
-# is _ROOT.
+# is _ROOT, or below it for a LoRA adapter: the same tokens through another
+# adapter have other KV.
 BlockKey = tuple[int, tuple[int, ...]]
 _ROOT = -1
+
+
+def _root(req: Request) -> int:
+    return _ROOT - req.lora_int_id
 
 
 class BlockManager:
@@ -138,7 +143,7 @@ class BlockManager:
         samples."""
         if not self.enable_caching:
             return [], None
-        tokens, parent, hits = req.all_token_ids, _ROOT, []
+        tokens, parent, hits = req.all_token_ids, _root(req), []
         for j in range((len(tokens) - 1) // self.block_size):
             key = self._key(tokens, j, parent)
             found = self._table.get(key)
@@ -154,7 +159,7 @@ class BlockManager:
         j = len(req.prefix_ids)
         if not self.enable_caching or (j + 1) * self.block_size > num_tokens:
             return None
-        return self._key(req.all_token_ids, j, req.prefix_ids[-1] if j else _ROOT)
+        return self._key(req.all_token_ids, j, req.prefix_ids[-1] if j else _root(req))
 
     def cache_full_blocks(self, req: Request) -> None:
         """Registers req's blocks that are full of computed tokens (prompt or
@@ -167,7 +172,7 @@ class BlockManager:
             return
         tokens = req.all_token_ids
         for j in range(len(req.prefix_ids), full):
-            key = self._key(tokens, j, req.prefix_ids[-1] if j else _ROOT)
+            key = self._key(tokens, j, req.prefix_ids[-1] if j else _root(req))
             found = self._table.get(key)
             if found is None:
                 block, prefix_id = req.block_ids[j], next(self._prefix_ids)

@@ -14,6 +14,8 @@ from vllm.engine.request import Request, RequestStatus
 from vllm.engine.scheduler import Scheduler, SchedulerOutput
 from vllm.executor import get_executor_class
 from vllm.logger import init_logger
+from vllm.lora.registry import LoRARegistry
+from vllm.lora.request import LoRARequest
 from vllm.messages import SamplerOutput
 from vllm.outputs import RequestOutput
 from vllm.sampling_params import SamplingParams
@@ -28,6 +30,7 @@ class LLMEngine:
     def __init__(self, vllm_config: VllmConfig):
         self.config = vllm_config
         mc, cc = vllm_config.model_config, vllm_config.cache_config
+        lc = vllm_config.lora_config
         self.tokenizer = load_tokenizer(mc.tokenizer)
         self.executor = get_executor_class(vllm_config)(vllm_config)
         self.num_kv_blocks = self.executor.determine_num_available_blocks()
@@ -49,7 +52,9 @@ class LLMEngine:
                 cc.watermark,
                 enable_caching=cc.enable_prefix_caching,
             ),
+            max_loras=lc.max_loras if lc else None,
         )
+        self.loras = LoRARegistry(lc, _lora_targets(vllm_config) if lc else {})
         self.output_processor = OutputProcessor(
             self.tokenizer, self.tokenizer.eos_token_id, mc.max_model_len
         )
@@ -69,10 +74,12 @@ class LLMEngine:
         request_id: str,
         prompt: PromptType,
         params: SamplingParams | None = None,
+        lora_request: LoRARequest | None = None,
     ) -> None:
         """Raises ValueError naming the field for bad input; other requests are
         unaffected."""
         params = params or SamplingParams()
+        lora = self.loras.check(lora_request)
         text, token_ids = self._tokenize(prompt)
         self._validate_prompt(token_ids)
         if request_id in self.output_processor.parents:
@@ -89,7 +96,9 @@ class LLMEngine:
             # Internal ids: short on the wire, and no user id can clash with them.
             child_id = str(next(self._child_ids))
             options = params.to_options(seed, self.tokenizer.eos_token_id)
-            children.append(Request(child_id, token_ids, options, max_tokens))
+            children.append(
+                Request(child_id, token_ids, options, max_tokens, lora=lora)
+            )
         parent = ParentRequest(request_id, text, token_ids, params)
         self.output_processor.add_request(parent, children)
         for req in children:
@@ -155,6 +164,31 @@ class LLMEngine:
             self.scheduler.finish_requests(req_ids, status)
         return outputs
 
+    # LoRA adapters: every call reaches every worker rank through collective_rpc.
+
+    def add_lora(self, lora_request: LoRARequest) -> bool:
+        """Loads the adapter on every rank now; -> whether it was not loaded."""
+        spec = self.loras.check(lora_request)
+        return self.executor.collective_rpc("add_lora", (spec,))[0]
+
+    def remove_lora(self, lora_id: int) -> bool:
+        """Unloads (and unpins) the adapter; requests still running with it reload
+        it. -> whether it was loaded."""
+        self.loras.remove(lora_id)
+        return self.executor.collective_rpc("remove_lora", (lora_id,))[0]
+
+    def pin_lora(self, lora_id: int) -> bool:
+        """Keeps an added adapter loaded until remove_lora."""
+        spec = self.loras.get(lora_id)
+        return self.executor.collective_rpc("pin_lora", (spec,))[0]
+
+    def list_loras(self) -> set[int]:
+        """Ids of the adapters loaded on the workers (rank 0's view; every rank
+        holds the same)."""
+        if self.config.lora_config is None:
+            return set()
+        return set(self.executor.collective_rpc("list_loras")[0])
+
     def next_request_id(self) -> str:
         return str(next(self._ids))
 
@@ -163,3 +197,12 @@ class LLMEngine:
         if executor is not None:
             executor.shutdown()
             self.executor = None
+
+
+def _lora_targets(config: VllmConfig) -> dict[str, tuple[int, int]]:
+    """What adapters may target, from the model class: no model is built here."""
+    from vllm.model_executor.models.registry import resolve_model_class
+
+    mc = config.model_config
+    cls = resolve_model_class(getattr(mc.hf_config, "architectures", None))
+    return cls.lora_targets(mc)

@@ -4,7 +4,7 @@ block ids; workers hold their own copy of its tokens."""
 import enum
 from dataclasses import dataclass, field
 
-from vllm.messages import SamplingOptions
+from vllm.messages import LoRASpec, SamplingOptions
 
 
 class RequestStatus(enum.Enum):
@@ -43,6 +43,11 @@ class Request:
     # Blocks the workers already know; None while they do not hold the request
     # (never sent, or evicted by preemption) and it must travel in full.
     num_blocks_sent: int | None = None
+    lora: LoRASpec | None = None  # the adapter it runs with; None: base model
+
+    @property
+    def lora_int_id(self) -> int:
+        return 0 if self.lora is None else self.lora.lora_int_id
 
     @property
     def num_tokens(self) -> int:

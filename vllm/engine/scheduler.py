@@ -11,6 +11,9 @@ With prefix caching, a waiting request starts at the end of its longest cached
 prefix (see block_manager) and computes only the rest. A request whose next block
 is being computed this step by another request waits one step and reuses it (the n
 completions of one prompt share it this way).
+
+With LoRA, at most ``max_loras`` distinct adapters run at once: a waiting request
+whose adapter would be one too many stays waiting (those behind it may go).
 """
 
 from collections import deque
@@ -54,9 +57,15 @@ class PrefixCacheStats:
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig, block_manager: BlockManager):
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        block_manager: BlockManager,
+        max_loras: int | None = None,  # None: LoRA off
+    ):
         self.config = config
         self.block_manager = block_manager
+        self.max_loras = max_loras
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
@@ -105,10 +114,14 @@ class Scheduler:
         skipped for this step."""
         bm, i = self.block_manager, 0
         pending = self._pending_keys(scheduled)
+        loras = {r.lora_int_id for r in self.running if r.lora}
         while i < len(self.waiting) and budget > 0:
             if len(self.running) >= self.config.max_num_seqs:
                 break
             req = self.waiting[i]
+            if not self._lora_fits(req, loras):
+                i += 1
+                continue
             # Cached positions were never computed, so they have no prompt
             # logprobs: such requests compute their whole prompt.
             cached, missed = (
@@ -129,12 +142,20 @@ class Scheduler:
             self.prefix_cache_stats.queries += req.num_tokens
             self.prefix_cache_stats.hits += num_cached
             req.status = RequestStatus.RUNNING
+            if req.lora:
+                loras.add(req.lora_int_id)
             self.running.append(req)
             scheduled.append((req, n))
             budget -= n
             key = bm.next_key(req, num_cached + n)
             if key is not None:
                 pending.add(key)
+
+    def _lora_fits(self, req: Request, loras: set[int]) -> bool:
+        """Whether req's adapter can join the running ones (``loras``)."""
+        if req.lora is None or self.max_loras is None:
+            return True
+        return req.lora_int_id in loras or len(loras) < self.max_loras
 
     def _pending_keys(self, scheduled: list[tuple[Request, int]]) -> set[BlockKey]:
         """Keys of the blocks the scheduled requests register after this step."""
@@ -161,6 +182,7 @@ class Scheduler:
                         num_computed_tokens=req.num_computed_tokens,
                         num_scheduled_tokens=n,
                         sampling=req.options,
+                        lora=req.lora,
                     )
                 )
             else:

@@ -8,6 +8,7 @@ from tqdm import tqdm
 
 from vllm.engine.arg_utils import EngineArgs
 from vllm.engine.llm_engine import LLMEngine, PromptType
+from vllm.lora.request import LoRARequest
 from vllm.outputs import RequestOutput
 from vllm.sampling_params import SamplingParams
 from vllm.transformers_utils.model_resolver import DEFAULT_MODEL
@@ -26,7 +27,9 @@ class LLM:
         prompts: PromptType | Sequence[PromptType],
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         use_tqdm: bool = True,
+        lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
     ) -> list[RequestOutput]:
+        """lora_request: one adapter for every prompt, or one (or None) each."""
         if isinstance(prompts, str | dict):
             prompts = [prompts]
         if sampling_params is None:
@@ -38,12 +41,19 @@ class LLM:
                 f"sampling_params has {len(sampling_params)} entries for "
                 f"{len(prompts)} prompts"
             )
+        if lora_request is None or isinstance(lora_request, LoRARequest):
+            lora_request = [lora_request] * len(prompts)
+        if len(lora_request) != len(prompts):
+            raise ValueError(
+                f"lora_request has {len(lora_request)} entries for {len(prompts)} "
+                "prompts"
+            )
         engine = self.llm_engine
         ids: list[str] = []
         try:
-            for prompt, params in zip(prompts, sampling_params):
+            for prompt, params, lora in zip(prompts, sampling_params, lora_request):
                 ids.append(engine.next_request_id())
-                engine.add_request(ids[-1], prompt, params)
+                engine.add_request(ids[-1], prompt, params, lora_request=lora)
         except Exception:
             engine.abort_request(ids)  # leave the engine as it was
             raise
@@ -56,6 +66,7 @@ class LLM:
         use_tqdm: bool = True,
         add_generation_prompt: bool = True,
         chat_template: str | None = None,
+        lora_request: LoRARequest | None = None,
     ) -> list[RequestOutput]:
         conversations = (
             messages if messages and isinstance(messages[0], list) else [messages]
@@ -71,7 +82,7 @@ class LLM:
             )
             ids = tokenizer.encode(text, add_special_tokens=False)
             prompts.append({"prompt": text, "prompt_token_ids": ids})
-        return self.generate(prompts, sampling_params, use_tqdm)
+        return self.generate(prompts, sampling_params, use_tqdm, lora_request)
 
     def _run(self, ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
         engine = self.llm_engine
@@ -98,6 +109,20 @@ class LLM:
         finally:
             bar.close()
         return [done[i] for i in ids]
+
+    # LoRA adapters, on every worker rank (see LLMEngine).
+
+    def add_lora(self, lora_request: LoRARequest) -> bool:
+        return self.llm_engine.add_lora(lora_request)
+
+    def remove_lora(self, lora_id: int) -> bool:
+        return self.llm_engine.remove_lora(lora_id)
+
+    def pin_lora(self, lora_id: int) -> bool:
+        return self.llm_engine.pin_lora(lora_id)
+
+    def list_loras(self) -> set[int]:
+        return self.llm_engine.list_loras()
 
     def shutdown(self) -> None:
         engine = getattr(self, "llm_engine", None)

@@ -10,6 +10,8 @@ through ``collective_rpc``: they receive the inputs and run only the forward pas
 
 import torch
 
+from vllm.lora.worker_manager import broadcast_inputs as broadcast_lora_inputs
+from vllm.lora.worker_manager import receive_inputs as receive_lora_inputs
 from vllm.messages import ExecuteModelRequest, SamplerOutput
 from vllm.model_executor.layers.attention import AttentionMetadata, PrefillSeq
 from vllm.worker.model_input import ModelInput
@@ -99,6 +101,8 @@ class DriverWorker:
         header, body = pack(inp)
         self.worker.tp.broadcast(header)
         self.worker.tp.broadcast(body)
+        if inp.lora is not None:
+            broadcast_lora_inputs(self.worker.tp, inp.lora)
         self.bytes_sent += (header.numel() + body.numel()) * header.element_size()
         return runner.sample(inp, runner.forward(inp, gather_to_all=False))
 
@@ -117,4 +121,7 @@ def follower_loop(worker: Worker) -> None:
             return
         body = torch.empty(_body_len(header), dtype=torch.long)
         worker.tp.broadcast(body)
-        worker.model_runner.forward(unpack(header, body), gather_to_all=False)
+        inp = unpack(header, body)
+        if worker.model_runner.lora_manager is not None:
+            inp.lora = receive_lora_inputs(worker.tp)
+        worker.model_runner.forward(inp, gather_to_all=False)

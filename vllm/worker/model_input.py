@@ -1,6 +1,7 @@
 """The tensors one forward pass needs, built by the model runner each step."""
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -18,10 +19,14 @@ class ModelInput:
     logits_rows: torch.Tensor  # [N] int64
     # Sampling-side bookkeeping, on the rank that samples (the tensors above are
     # all a rank needs to run the forward pass): the step's requests with their
-    # token counts, who samples, and prompt-logprob spans as (request, first
-    # index into logits_rows, count, index of the first prompt token they predict).
+    # token counts in row order, who samples, and prompt-logprob spans as
+    # (request, first index into logits_rows, count, index of the first prompt
+    # token they predict).
     scheduled: list[tuple[CachedRequestState, int]] = field(default_factory=list)
     sample_states: list[CachedRequestState] = field(default_factory=list)
     prompt_logprob_spans: list[tuple[CachedRequestState, int, int, int]] = field(
         default_factory=list
     )
+    # With LoRA on: each row's adapter slot and the slots to fill
+    # (vllm.lora.worker_manager.LoRAInputs), on every rank.
+    lora: Any = None

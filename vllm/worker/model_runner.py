@@ -29,10 +29,15 @@ class ModelRunner:
         self.block_size = config.cache_config.block_size
         self.requests = RequestStates()
         self.model = None
+        self.lora_manager = None  # vllm.lora.worker_manager.LoRAManager, if enabled
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def load_model(self) -> None:
         self.model = get_model(self.config.model_config, self.tp)
+        if self.config.lora_config is not None:
+            from vllm.lora.worker_manager import LoRAManager
+
+            self.lora_manager = LoRAManager(self.model, self.config)
 
     def initialize_cache(self, num_blocks: int, num_kv_heads: int) -> None:
         mc = self.config.model_config
@@ -56,6 +61,8 @@ class ModelRunner:
         """-> float32 logits [N, vocab] of inp.logits_rows, on every rank if
         gather_to_all, else on rank 0 only (None elsewhere)."""
         with _scope("vllm::forward"):
+            if inp.lora is not None:
+                self.lora_manager.apply(inp.lora)
             hidden = self.model(inp.input_ids, inp.positions, self.kv_caches, inp.meta)
         if not len(inp.logits_rows):
             return torch.empty(0, 0)
@@ -89,7 +96,14 @@ class ModelRunner:
         """Applies the step's delta; None when it schedules nothing."""
         with _scope("vllm::prepare_inputs"):
             scheduled = self.requests.apply(req)
-            return self._build_inputs(scheduled) if scheduled else None
+            if not scheduled:
+                return None
+            inp = self._build_inputs(scheduled)
+            if self.lora_manager is not None:
+                inp.lora = self.lora_manager.plan(
+                    [(state.lora, n) for state, n in inp.scheduled]
+                )
+            return inp
 
     def _build_inputs(
         self, scheduled: list[tuple[CachedRequestState, int]]
@@ -136,7 +150,7 @@ class ModelRunner:
             positions=torch.tensor(positions, dtype=torch.long),
             meta=meta,
             logits_rows=torch.tensor(rows, dtype=torch.long),
-            scheduled=scheduled,
+            scheduled=ordered,
             sample_states=sample_states,
             prompt_logprob_spans=spans,
         )

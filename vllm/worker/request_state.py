@@ -3,7 +3,7 @@ has to send what changed."""
 
 from dataclasses import dataclass
 
-from vllm.messages import ExecuteModelRequest, SamplingOptions
+from vllm.messages import ExecuteModelRequest, LoRASpec, SamplingOptions
 
 
 @dataclass
@@ -14,6 +14,7 @@ class CachedRequestState:
     block_ids: list[int]  # append-only block table
     sampling: SamplingOptions
     num_computed_tokens: int = 0  # tokens whose KV is in the cache
+    lora: LoRASpec | None = None  # the adapter it runs with
 
 
 class RequestStates:
@@ -35,6 +36,7 @@ class RequestStates:
                 block_ids=list(new.block_ids),
                 sampling=new.sampling,
                 num_computed_tokens=new.num_computed_tokens,
+                lora=new.lora,
             )
             self.states[new.req_id] = state
             scheduled.append((state, new.num_scheduled_tokens))

@@ -15,7 +15,7 @@ from vllm.distributed.parallel_state import (
     destroy_distributed,
     init_distributed,
 )
-from vllm.messages import ExecuteModelRequest, SamplerOutput
+from vllm.messages import ExecuteModelRequest, LoRASpec, SamplerOutput
 from vllm.worker.model_runner import ModelRunner
 
 
@@ -76,6 +76,26 @@ class Worker:
         request states; only rank 0's output is read, the others return None."""
         out = self.model_runner.execute_model(req, gather_to_all=True)
         return out if self.rank == 0 else None
+
+    # LoRA adapters: the engine makes these calls on every rank, in one order.
+
+    def add_lora(self, spec: LoRASpec) -> bool:
+        return self._lora().add(spec)
+
+    def remove_lora(self, lora_id: int) -> bool:
+        return self._lora().remove(lora_id)
+
+    def pin_lora(self, spec: LoRASpec) -> bool:
+        return self._lora().pin(spec)
+
+    def list_loras(self) -> list[int]:
+        return self._lora().loaded_ids()
+
+    def _lora(self):
+        manager = self.model_runner.lora_manager
+        if manager is None:
+            raise ValueError("LoRA is off: start the engine with enable_lora=True")
+        return manager
 
     def check_health(self) -> None:
         """Answers once the worker can take a step; raises if it cannot."""

@@ -150,17 +150,48 @@ class LlamaModel(nn.Module):
         return x
 
 
+# Our linear layers -> the HF projections each holds, in order, with the shard id
+# its weight_loader takes for each (None: the layer is that one projection).
+PROJECTIONS = {
+    "qkv_proj": (("q_proj", "q"), ("k_proj", "k"), ("v_proj", "v")),
+    "o_proj": (("o_proj", None),),
+    "gate_up_proj": (("gate_proj", 0), ("up_proj", 1)),
+    "down_proj": (("down_proj", None),),
+}
 # HF checkpoint name fragment -> (our fused parameter fragment, shard id)
 _STACKED = [
-    (".q_proj.", ".qkv_proj.", "q"),
-    (".k_proj.", ".qkv_proj.", "k"),
-    (".v_proj.", ".qkv_proj.", "v"),
-    (".gate_proj.", ".gate_up_proj.", 0),
-    (".up_proj.", ".gate_up_proj.", 1),
+    (f".{hf}.", f".{ours}.", sid)
+    for ours, parts in PROJECTIONS.items()
+    for hf, sid in parts
+    if sid is not None
 ]
 
 
 class LlamaForCausalLM(nn.Module):
+    projections = PROJECTIONS
+
+    @staticmethod
+    def lora_targets(mc: ModelConfig) -> dict[str, tuple[int, int]]:
+        """HF module path -> (in, out) features of every projection a LoRA adapter
+        may target, so adapters can be checked without building the model."""
+        c, hd = mc.hf_config, mc.head_size
+        h, q, kv = c.hidden_size, mc.num_attention_heads * hd, mc.num_kv_heads * hd
+        inter = c.intermediate_size
+        shapes = {
+            "self_attn.q_proj": (h, q),
+            "self_attn.k_proj": (h, kv),
+            "self_attn.v_proj": (h, kv),
+            "self_attn.o_proj": (q, h),
+            "mlp.gate_proj": (h, inter),
+            "mlp.up_proj": (h, inter),
+            "mlp.down_proj": (inter, h),
+        }
+        return {
+            f"model.layers.{i}.{name}": shape
+            for i in range(mc.num_layers)
+            for name, shape in shapes.items()
+        }
+
     def __init__(self, mc: ModelConfig, tp: TensorParallelGroup):
         super().__init__()
         self.config = c = mc.hf_config

@@ -1,0 +1,101 @@
+"""Tiny random LoRA adapters written by PEFT, and PEFT's greedy reference."""
+
+import pytest
+import torch
+
+# Three adapters that differ in rank, alpha, scaling rule and target modules.
+ADAPTERS = {
+    "attn": dict(
+        r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]
+    ),
+    "mlp": dict(
+        r=4, lora_alpha=8, target_modules=["gate_proj", "up_proj", "down_proj"]
+    ),
+    "all_rslora": dict(
+        r=16,
+        lora_alpha=8,
+        use_rslora=True,
+        target_modules=[
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ],
+    ),
+}
+
+
+def write_adapter(out_dir: str, model_path: str, seed: int, **lora_config) -> str:
+    """A PEFT adapter for the model at model_path, with random A and B. PEFT
+    starts B at zero (the adapter then changes nothing); random B makes it
+    change the outputs."""
+    import peft
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    config = peft.LoraConfig(lora_dropout=0.0, **lora_config)
+    model = peft.get_peft_model(base, config)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_A" in name or "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.2)
+    model.save_pretrained(out_dir)
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_adapters(tiny_model, tmp_path_factory):
+    """Factory: tiny_adapters(variant) -> {name: adapter folder} for ADAPTERS."""
+    made: dict[str, dict[str, str]] = {}
+
+    def make(variant: str = "llama_gqa") -> dict[str, str]:
+        if variant not in made:
+            model = tiny_model(variant)
+            made[variant] = {
+                name: write_adapter(
+                    str(tmp_path_factory.mktemp(f"lora-{name}")), model, i + 1, **cfg
+                )
+                for i, (name, cfg) in enumerate(ADAPTERS.items())
+            }
+        return made[variant]
+
+    return make
+
+
+def peft_greedy(
+    model_path: str, adapter: str | None, prompts: list[list[int]], max_new_tokens: int
+) -> list[list[int]]:
+    """Greedy continuations by transformers (plus PEFT's adapter, if given)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter)
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for prompt in prompts:
+            ids = torch.tensor([prompt])
+            seq = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=max_new_tokens,
+                min_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=None,
+                pad_token_id=0,
+            )
+            out.append(seq[0, len(prompt) :].tolist())
+    return out
+
+
+def random_prompts(num: int, seed: int = 5) -> list[list[int]]:
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(4, 40, (num,), generator=gen).tolist()
+    return [torch.randint(3, 1024, (n,), generator=gen).tolist() for n in lengths]
