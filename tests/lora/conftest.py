@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+from vllm.lora.request import LoRARequest
+
 # Three adapters that differ in rank, alpha, scaling rule and target modules.
 ADAPTERS = {
     "attn": dict(
@@ -66,10 +68,27 @@ def tiny_adapters(tiny_model, tmp_path_factory):
     return make
 
 
+_REFERENCE: dict[tuple, list[int]] = {}
+
+
 def peft_greedy(
     model_path: str, adapter: str | None, prompts: list[list[int]], max_new_tokens: int
 ) -> list[list[int]]:
-    """Greedy continuations by transformers (plus PEFT's adapter, if given)."""
+    """Greedy continuations by transformers (plus PEFT's adapter, if given),
+    remembered for the session."""
+    keys = [(model_path, adapter, tuple(p), max_new_tokens) for p in prompts]
+    missing = [p for p, k in zip(prompts, keys) if k not in _REFERENCE]
+    if missing:
+        for p, out in zip(
+            missing, _peft_greedy(model_path, adapter, missing, max_new_tokens)
+        ):
+            _REFERENCE[(model_path, adapter, tuple(p), max_new_tokens)] = out
+    return [_REFERENCE[k] for k in keys]
+
+
+def _peft_greedy(
+    model_path: str, adapter: str | None, prompts: list[list[int]], max_new_tokens: int
+) -> list[list[int]]:
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
@@ -99,3 +118,41 @@ def random_prompts(num: int, seed: int = 5) -> list[list[int]]:
     gen = torch.Generator().manual_seed(seed)
     lengths = torch.randint(4, 40, (num,), generator=gen).tolist()
     return [torch.randint(3, 1024, (n,), generator=gen).tolist() for n in lengths]
+
+
+def lora_requests(adapters: dict[str, str]) -> dict[str, LoRARequest]:
+    """One LoRARequest per adapter folder, ids 1, 2, 3 in ADAPTERS order."""
+    return {
+        name: LoRARequest(name, i + 1, adapters[name])
+        for i, name in enumerate(ADAPTERS)
+    }
+
+
+# Four requests per kind: the base model and each adapter, interleaved.
+MIXED_NAMES = [None, "attn", "mlp", "all_rslora"] * 2
+MAX_TOKENS = 16
+
+
+def check_mixed_batch(llm, model_path: str, adapters: dict[str, str]) -> list:
+    """Generates MIXED_NAMES' prompts in one batch; asserts greedy tokens equal
+    transformers + PEFT for each, and that every adapter changes the output.
+    -> the tokens, per prompt."""
+    from vllm import SamplingParams
+
+    prompts = random_prompts(len(MIXED_NAMES))
+    requests = lora_requests(adapters)
+    params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
+    outs = llm.generate(
+        [{"prompt_token_ids": p} for p in prompts],
+        params,
+        use_tqdm=False,
+        lora_request=[requests.get(n) for n in MIXED_NAMES],
+    )
+    got = [o.outputs[0].token_ids for o in outs]
+    base = peft_greedy(model_path, None, prompts, MAX_TOKENS)
+    for prompt, name, tokens, base_tokens in zip(prompts, MIXED_NAMES, got, base):
+        folder = adapters.get(name)
+        assert tokens == peft_greedy(model_path, folder, [prompt], MAX_TOKENS)[0], name
+        if name is not None:
+            assert tokens != base_tokens, f"adapter {name} changed nothing"
+    return got
