@@ -82,6 +82,23 @@ def tiny_model(tmp_path_factory, smollm2_path):
     return make
 
 
+@pytest.fixture(scope="session")
+def tiny_adapters(tiny_model, tmp_path_factory):
+    """Factory: tiny_adapters(variant) -> {name: folder} of random PEFT LoRA
+    adapters for that tiny model (tests/lora/utils.py ADAPTERS)."""
+    from tests.lora.utils import write_adapters
+
+    made: dict[str, dict[str, str]] = {}
+
+    def make(variant: str = "llama_gqa") -> dict[str, str]:
+        if variant not in made:
+            out = tmp_path_factory.mktemp(f"lora-{variant}")
+            made[variant] = write_adapters(out, tiny_model(variant))
+        return made[variant]
+
+    return make
+
+
 def hf_greedy(
     model_path: str,
     prompts: list[list[int]],

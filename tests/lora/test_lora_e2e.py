@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from tests.lora.conftest import (
+from tests.lora.utils import (
     MAX_TOKENS,
     MIXED_NAMES,
     check_mixed_batch,
@@ -125,7 +125,7 @@ def test_add_remove_and_list(model, adapters):
 def test_prefix_cache_is_not_shared_across_adapters(model, adapters):
     """The same long prompt under the base model and two adapters, twice: the
     second round hits the cache of its own adapter only."""
-    from tests.lora.conftest import peft_greedy
+    from tests.lora.utils import peft_greedy
 
     requests = lora_requests(adapters)
     prompt = [(37 * i) % 1000 + 3 for i in range(40)]  # two full blocks

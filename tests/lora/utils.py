@@ -1,6 +1,6 @@
-"""Tiny random LoRA adapters written by PEFT, and PEFT's greedy reference."""
+"""Tiny random LoRA adapters written by PEFT, and PEFT's greedy reference
+(the ``tiny_adapters`` fixture in tests/conftest.py writes them)."""
 
-import pytest
 import torch
 
 from vllm.lora.request import LoRARequest
@@ -30,6 +30,14 @@ ADAPTERS = {
 }
 
 
+def write_adapters(out_dir, model_path: str) -> dict[str, str]:
+    """ADAPTERS for the model at model_path, in sub-folders of out_dir."""
+    return {
+        name: write_adapter(str(out_dir / name), model_path, i + 1, **cfg)
+        for i, (name, cfg) in enumerate(ADAPTERS.items())
+    }
+
+
 def write_adapter(out_dir: str, model_path: str, seed: int, **lora_config) -> str:
     """A PEFT adapter for the model at model_path, with random A and B. PEFT
     starts B at zero (the adapter then changes nothing); random B makes it
@@ -47,25 +55,6 @@ def write_adapter(out_dir: str, model_path: str, seed: int, **lora_config) -> st
                 param.copy_(torch.randn(param.shape, generator=gen) * 0.2)
     model.save_pretrained(out_dir)
     return out_dir
-
-
-@pytest.fixture(scope="session")
-def tiny_adapters(tiny_model, tmp_path_factory):
-    """Factory: tiny_adapters(variant) -> {name: adapter folder} for ADAPTERS."""
-    made: dict[str, dict[str, str]] = {}
-
-    def make(variant: str = "llama_gqa") -> dict[str, str]:
-        if variant not in made:
-            model = tiny_model(variant)
-            made[variant] = {
-                name: write_adapter(
-                    str(tmp_path_factory.mktemp(f"lora-{name}")), model, i + 1, **cfg
-                )
-                for i, (name, cfg) in enumerate(ADAPTERS.items())
-            }
-        return made[variant]
-
-    return make
 
 
 _REFERENCE: dict[tuple, list[int]] = {}
