@@ -3,6 +3,10 @@ when it is handed every prompt at once.
 
     python benchmarks/benchmark_throughput.py --input-len 128 --output-len 128 \
         --num-prompts 64 [--backend hf --hf-max-batch-size 32 | --backend llama.cpp]
+        [--enable-lora --num-loras 4 --max-loras 4 --max-lora-rank 16]
+
+With --num-loras N, N random LoRA adapters for the model are written to a temporary
+folder and each prompt runs with one of them, picked at random (seeded).
 
 Only generation is timed; model loading and engine start-up are not.
 """
@@ -10,6 +14,8 @@ Only generation is timed; model loading and engine start-up are not.
 import argparse
 import dataclasses
 import os
+import random
+import tempfile
 import time
 from typing import Any
 
@@ -24,6 +30,7 @@ from benchmark_utils import (
     random_prompts,
     sampleable_token_ids,
     write_json,
+    write_random_adapters,
 )
 
 from vllm import EngineArgs
@@ -43,7 +50,13 @@ def run_vllm(
     from vllm import LLM, SamplingParams
 
     llm = LLM(**engine_kwargs(args))
+    adapters = tempfile.TemporaryDirectory(prefix="vllm-bench-lora-")
     try:
+        loras = None
+        if args.num_loras:
+            choices = write_random_adapters(args, adapters.name)
+            rng = random.Random(args.seed)
+            loras = [rng.choice(choices) for _ in prompts]
         params = SamplingParams(
             temperature=args.temperature,
             top_p=1.0,
@@ -52,10 +65,13 @@ def run_vllm(
         )
         inputs = [{"prompt_token_ids": p} for p in prompts]
         start = time.perf_counter()
-        outputs = llm.generate(inputs, params, use_tqdm=not args.disable_tqdm)
+        outputs = llm.generate(
+            inputs, params, use_tqdm=not args.disable_tqdm, lora_request=loras
+        )
         elapsed = time.perf_counter() - start
     finally:
         llm.shutdown()
+        adapters.cleanup()
     prompt_tokens = sum(len(o.prompt_token_ids) for o in outputs)
     output_tokens = sum(len(c.token_ids) for o in outputs for c in o.outputs)
     return RunResult(elapsed, len(outputs), prompt_tokens, output_tokens)
@@ -226,6 +242,12 @@ def make_parser() -> argparse.ArgumentParser:
     add("--num-prompts", type=int, default=1000)
     add("--temperature", type=float, default=1.0, help="0 means greedy")
     add("--hf-max-batch-size", type=int, default=None, help="hf backend only")
+    add(
+        "--num-loras",
+        type=int,
+        default=0,
+        help="random LoRA adapters, one per prompt at random (needs --enable-lora)",
+    )
     add("--output-json", type=str, default=None)
     add("--disable-tqdm", action="store_true")
     add(
@@ -246,6 +268,10 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error("--input-len does not apply to --dataset prompts")
     if args.num_prompts < 1:
         parser.error("--num-prompts must be >= 1")
+    if args.num_loras < 0 or (args.num_loras and not args.enable_lora):
+        parser.error("--num-loras N >= 1 needs --enable-lora")
+    if args.num_loras and args.backend != "vllm":
+        parser.error("--num-loras applies to --backend vllm only")
     if args.backend == "hf":
         if args.hf_max_batch_size is None or args.hf_max_batch_size < 1:
             parser.error("--backend hf needs --hf-max-batch-size >= 1")

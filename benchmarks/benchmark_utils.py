@@ -105,3 +105,38 @@ def write_json(path: str, results: dict[str, Any]) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(results, f, indent=2, default=str)
         f.write("\n")
+
+
+def write_random_adapters(args: argparse.Namespace, out_dir: str) -> list[Any]:
+    """``--num-loras`` PEFT adapters of rank ``--max-lora-rank`` on every
+    projection of the model, with small random weights (seeded), in out_dir;
+    -> a LoRARequest for each."""
+    import torch
+    from safetensors.torch import save_file
+
+    from vllm.lora.request import LoRARequest
+    from vllm.model_executor.models.registry import resolve_model_class
+
+    mc = EngineArgs.from_cli_args(args).create_engine_config().model_config
+    targets = resolve_model_class(mc.hf_config.architectures).lora_targets(mc)
+    rank, gen = args.max_lora_rank, torch.Generator().manual_seed(args.seed)
+    requests = []
+    for i in range(args.num_loras):
+        folder = os.path.join(out_dir, f"adapter-{i + 1}")
+        os.makedirs(folder)
+        tensors = {}
+        for module, (fan_in, fan_out) in targets.items():
+            prefix = f"base_model.model.{module}"
+            tensors[f"{prefix}.lora_A.weight"] = (
+                torch.randn(rank, fan_in, generator=gen) / fan_in**0.5
+            )
+            tensors[f"{prefix}.lora_B.weight"] = (
+                torch.randn(fan_out, rank, generator=gen) * 0.01
+            )
+        save_file(tensors, os.path.join(folder, "adapter_model.safetensors"))
+        names = sorted({m.rsplit(".", 1)[1] for m in targets})
+        config = dict(peft_type="LORA", r=rank, lora_alpha=rank, target_modules=names)
+        with open(os.path.join(folder, "adapter_config.json"), "w") as f:
+            json.dump(config, f)
+        requests.append(LoRARequest(f"adapter-{i + 1}", i + 1, folder))
+    return requests

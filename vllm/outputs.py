@@ -1,6 +1,7 @@
 """What the engine hands back to users, shaped as vLLM users expect."""
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass
@@ -54,3 +55,4 @@ class RequestOutput:
     prompt_logprobs: list[PositionLogprobs | None] | None
     outputs: list[CompletionOutput]
     finished: bool
+    lora_request: Any = None  # the LoRARequest it ran with, if any

@@ -237,6 +237,7 @@ def test_dataset_prompts_strings_and_objects(bench, smollm2_path, tmp_path):
         ["--input-len", "8", "--output-len", "4", "--backend", "hf"],
         ["--input-len", "8", "--output-len", "4", "--hf-max-batch-size", "2"],
         ["--input-len", "8", "--output-len", "4", "--backend", "llama.cpp", "-tp", "2"],
+        ["--input-len", "8", "--output-len", "4", "--num-loras", "2"],  # LoRA off
     ],
 )
 def test_throughput_rejects_bad_flag_combinations(bench, argv):
@@ -253,6 +254,25 @@ def test_throughput_accepts_good_flags(bench):
     args = parser.parse_args([*argv, "--hf-max-batch-size", "2", "-tp", "1"])
     module.validate(parser, args)  # must not exit
     assert args.hf_max_batch_size == 2 and args.tensor_parallel_size == 1
+
+
+def test_throughput_with_random_lora_adapters(tiny_dummy_model, tmp_path_factory):
+    """Each prompt runs with one of two random adapters; the lines still parse
+    and count every token."""
+    stdout, result = run_throughput(
+        tiny_dummy_model,
+        tmp_path_factory,
+        "--enable-lora",
+        "--num-loras",
+        "2",
+        "--max-loras",
+        "2",
+        "--max-lora-rank",
+        "8",
+    )
+    got = parse_throughput(stdout)
+    assert got["output_tokens"] == NUM_PROMPTS * OUTPUT_LEN
+    assert result["args"]["num_loras"] == 2 and result["args"]["enable_lora"]
 
 
 def test_check_prompts_refuses_what_the_engine_would_alter(bench):

@@ -138,6 +138,7 @@ def check_mixed_batch(llm, model_path: str, adapters: dict[str, str]) -> list:
         lora_request=[requests.get(n) for n in MIXED_NAMES],
     )
     got = [o.outputs[0].token_ids for o in outs]
+    assert [o.lora_request for o in outs] == [requests.get(n) for n in MIXED_NAMES]
     base = peft_greedy(model_path, None, prompts, MAX_TOKENS)
     for prompt, name, tokens, base_tokens in zip(prompts, MIXED_NAMES, got, base):
         folder = adapters.get(name)

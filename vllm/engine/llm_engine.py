@@ -99,7 +99,9 @@ class LLMEngine:
             children.append(
                 Request(child_id, token_ids, options, max_tokens, lora=lora)
             )
-        parent = ParentRequest(request_id, text, token_ids, params)
+        parent = ParentRequest(
+            request_id, text, token_ids, params, lora_request=lora_request
+        )
         self.output_processor.add_request(parent, children)
         for req in children:
             self.scheduler.add_request(req)

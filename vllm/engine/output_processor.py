@@ -8,6 +8,7 @@ max_tokens) and never changes it.
 """
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from vllm.engine.detokenizer import IncrementalDetokenizer
 from vllm.engine.request import Request, RequestStatus
@@ -26,6 +27,7 @@ class ParentRequest:
     params: SamplingParams
     children: list["ChildState"] = field(default_factory=list)
     prompt_logprobs: list | None = None
+    lora_request: Any = None  # vllm.lora.request.LoRARequest, if given
 
 
 @dataclass(eq=False)
@@ -199,4 +201,5 @@ class OutputProcessor:
             prompt_logprobs=parent.prompt_logprobs,
             outputs=completions,
             finished=all(c.finished for c in parent.children),
+            lora_request=parent.lora_request,
         )

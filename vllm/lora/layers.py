@@ -42,7 +42,7 @@ class LoRABatch:
             if count:
                 self.groups.append((slot, start, start + count))
                 start += count
-        if len(self.groups) == 1 and counts[0] == 0:
+        if not self.groups or (len(self.groups) == 1 and counts[0] == 0):
             self.rows = None
         else:
             order = torch.argsort(row_slots, stable=True)
@@ -114,12 +114,14 @@ class LoRALinear(nn.Module):
         if not batch.groups:
             return
         rows = batch.rows
-        xs = x if rows is None else x.index_select(0, rows)
+        if rows is None:  # one adapter for every row
+            slot = batch.groups[0][0]
+            shrunk = torch.mm(x, self.lora_a[slot].t())
+            out.addmm_(shrunk, self.lora_b[slot].t())
+            return
+        xs = x.index_select(0, rows)
         ys = torch.empty(xs.shape[0], out.shape[1], dtype=out.dtype)
         for slot, start, end in batch.groups:
             shrunk = torch.mm(xs[start:end], self.lora_a[slot].t())
             torch.mm(shrunk, self.lora_b[slot].t(), out=ys[start:end])
-        if rows is None:
-            out.add_(ys)
-        else:
-            out.index_add_(0, rows, ys)
+        out.index_add_(0, rows, ys)
