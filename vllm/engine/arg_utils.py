@@ -5,6 +5,8 @@ import argparse
 import dataclasses
 from dataclasses import dataclass
 
+import torch
+
 from vllm import envs
 from vllm.config import (
     EXECUTOR_BACKENDS,
@@ -17,6 +19,7 @@ from vllm.config import (
     derive_max_model_len,
     resolve_dtype,
 )
+from vllm.field_checks import check_bool, check_float, check_int, check_str
 from vllm.transformers_utils.model_resolver import (
     DEFAULT_MODEL,
     load_hf_config,
@@ -40,6 +43,32 @@ class EngineArgs:
     distributed_executor_backend: str | None = None
     load_format: str = "auto"
     enforce_eager: bool = False
+    max_logprobs: int = 20
+
+    def __post_init__(self) -> None:
+        """Types are checked as soon as the arguments exist, before any model is
+        resolved or process started; the configs built from them check ranges."""
+        check_str("model", self.model)
+        check_str("tokenizer", self.tokenizer, optional=True)
+        if not isinstance(self.dtype, torch.dtype):
+            check_str("dtype", self.dtype)
+        for name in ("seed", "block_size", "max_num_seqs", "tensor_parallel_size"):
+            check_int(name, getattr(self, name))
+        check_int("max_logprobs", self.max_logprobs)
+        # None picks a default, so 0 must not slip through as "unset".
+        for name in ("max_model_len", "max_num_batched_tokens"):
+            check_int(name, getattr(self, name), low=1, optional=True)
+        check_int(
+            "num_gpu_blocks_override", self.num_gpu_blocks_override, optional=True
+        )
+        check_float("kv_cache_space", self.kv_cache_space)
+        check_str(
+            "distributed_executor_backend",
+            self.distributed_executor_backend,
+            optional=True,
+        )
+        check_str("load_format", self.load_format)
+        check_bool("enforce_eager", self.enforce_eager)
 
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -68,6 +97,13 @@ class EngineArgs:
         add("--distributed-executor-backend", choices=EXECUTOR_BACKENDS, default=None)
         add("--load-format", choices=LOAD_FORMATS, default=d.load_format)
         add("--enforce-eager", action="store_true")
+        add(
+            "--max-logprobs",
+            type=int,
+            default=d.max_logprobs,
+            help="most logprobs/prompt_logprobs a request may ask for; -1: no cap "
+            "below the vocabulary size",
+        )
         return parser
 
     @classmethod
@@ -89,6 +125,7 @@ class EngineArgs:
             max_model_len=max_len,
             load_format=self.load_format,
             enforce_eager=self.enforce_eager,
+            max_logprobs=self.max_logprobs,
         )
         return VllmConfig(
             model_config=model_config,
