@@ -137,7 +137,10 @@ class CacheConfig:
             self.num_gpu_blocks_override is not None
             and self.num_gpu_blocks_override < 1
         ):
-            raise ValueError("num_gpu_blocks_override must be >= 1")
+            raise ValueError(
+                "num_gpu_blocks_override must be >= 1 or None; got "
+                f"{self.num_gpu_blocks_override}"
+            )
 
 
 @dataclass(frozen=True)
