@@ -58,7 +58,11 @@ def test_prompt_forms(prompt, text, ids):
         (None, TypeError, "prompt must be a string, {'prompt': str} or"),
         (b"ab", TypeError, "prompt must be a string"),
         ([1, 2], TypeError, "prompt must be a string"),
-        ({}, ValueError, "keys 'prompt' and/or 'prompt_token_ids'; got keys []"),
+        (
+            {},
+            ValueError,
+            "prompt dict keys must be 'prompt' and/or 'prompt_token_ids'; got keys []",
+        ),
         ({"text": "hi"}, ValueError, "got keys ['text']"),
         ({"prompt": "a", "ids": [1]}, ValueError, "got keys ['prompt', 'ids']"),
         ({"prompt": 5}, TypeError, "prompt must be a string; got int 5"),

@@ -103,7 +103,7 @@ class InputValidator:
         unknown = [key for key in prompt if key not in _PROMPT_KEYS]
         if unknown or not prompt:
             raise ValueError(
-                f"a prompt dict takes the keys 'prompt' and/or 'prompt_token_ids'; "
+                "prompt dict keys must be 'prompt' and/or 'prompt_token_ids'; "
                 f"got keys {shown(list(prompt))}"
             )
         if "prompt_token_ids" not in prompt:
