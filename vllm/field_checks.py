@@ -125,12 +125,17 @@ def check_int_list(
     """A list of ints, each in [low, high]; the message names the first bad item
     by its index and says what the range means (``meaning``)."""
     items = check_list(name, value, "ints")
+    # The common case (plain ints in range) in C-speed passes: prompts are long.
+    if set(map(type, items)) <= {int} and (
+        not items
+        or ((low is None or min(items) >= low) and (high is None or max(items) <= high))
+    ):
+        return items
     out = []
     for i, item in enumerate(items):
-        if type(item) is not int:  # the fast path: plain ints need no work
-            if not is_int(item):
-                raise _type_error(f"{name}[{i}]", item, "an int")
-            item = int(item)
+        if not is_int(item):
+            raise _type_error(f"{name}[{i}]", item, "an int")
+        item = int(item)
         if (low is not None and item < low) or (high is not None and item > high):
             allowed = _range_text(low, high) + (f" ({meaning})" if meaning else "")
             raise ValueError(f"{name}[{i}] must be {allowed}; got {item}")

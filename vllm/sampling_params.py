@@ -31,7 +31,9 @@ class SamplingParams:
     """How to sample the completions of one request (same fields as vLLM).
 
     ``max_tokens=None`` means "until the context is full": the engine resolves it
-    against ``max_model_len``. ``top_k=-1`` disables top-k.
+    against ``max_model_len``. ``top_k=-1`` disables top-k. Limits that depend on
+    the engine (``max_logprobs``, the vocabulary, the KV cache's bound on ``n``)
+    are checked when the request is added (vllm/engine/input_validation.py).
     """
 
     n: int = 1
