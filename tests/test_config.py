@@ -109,6 +109,7 @@ BAD_ENGINE_ARGS = [
     ("distributed_executor_backend", 1, TypeError, "distributed_executor_backe"),
     ("load_format", "pt", ValueError, "load_format must be one of ('auto',"),
     ("enforce_eager", "yes", TypeError, "enforce_eager must be True or False"),
+    ("enable_prefix_caching", 1, TypeError, "enable_prefix_caching must be True or"),
     ("max_logprobs", -2, ValueError, "max_logprobs must be >= -1; got -2"),
     ("max_logprobs", 2.0, TypeError, "max_logprobs must be an int; got float"),
 ]
@@ -139,3 +140,18 @@ def test_max_logprobs_flag(clean_env, tiny_model):
     ]:
         args = EngineArgs.from_cli_args(parser.parse_args(["--model", path, *argv]))
         assert args.create_engine_config().model_config.max_logprobs == want
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        ([], False),
+        (["--enable-prefix-caching"], True),
+        (["--enable-prefix-caching", "--no-enable-prefix-caching"], False),
+    ],
+)
+def test_prefix_caching_flag(clean_env, tiny_model, argv, expected):
+    parser = EngineArgs.add_cli_args(argparse.ArgumentParser())
+    args = parser.parse_args(["--model", tiny_model("llama_gqa"), *argv])
+    config = EngineArgs.from_cli_args(args).create_engine_config()
+    assert config.cache_config.enable_prefix_caching is expected

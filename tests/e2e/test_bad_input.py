@@ -261,6 +261,33 @@ def test_n_copies_of_a_long_prompt_must_fit_the_cache(tight):
     assert engine.scheduler.block_manager.num_free_blocks == engine.num_kv_blocks
 
 
+def test_with_prefix_caching_n_completions_share_the_prompt(tiny_model):
+    # The same 16 blocks: 6 full prompt blocks shared, one block per completion.
+    llm = LLM(
+        tiny_model("llama_gqa"),
+        num_gpu_blocks_override=16,
+        max_model_len=MAX_MODEL_LEN,
+        enable_prefix_caching=True,
+    )
+    try:
+        engine = llm.llm_engine
+        prompt = {"prompt_token_ids": list(range(3, 103))}
+        short = dict(temperature=1.0, seed=5, max_tokens=12, ignore_eos=True)
+        out = llm.generate(prompt, SamplingParams(n=10, **short), use_tqdm=False)
+        assert [len(c.token_ids) for c in out[0].outputs] == [12] * 10
+        with pytest.raises(ValueError) as info:
+            llm.generate(prompt, SamplingParams(n=11, **short), use_tqdm=False)
+        assert str(info.value).startswith(
+            "n=11 completions of up to 112 tokens (100 prompt + 12 max_tokens) "
+            "need 17 KV blocks (6 of them the prompt's, shared), but the KV cache "
+            "holds 16 blocks of 16 tokens, enough for n <= 10 here"
+        )
+        assert not engine.has_unfinished_requests()
+        assert engine.scheduler.block_manager.num_free_blocks == engine.num_kv_blocks
+    finally:
+        llm.shutdown()
+
+
 def test_max_logprobs_minus_one_allows_the_vocabulary(tight):
     vocab = tight.llm_engine.config.model_config.vocab_size
     params = SamplingParams(temperature=0.0, max_tokens=2, logprobs=vocab)

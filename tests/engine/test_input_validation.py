@@ -183,3 +183,33 @@ def test_n_bounded_by_kv_cache(prompt_len, max_tokens, per_completion):
 def test_huge_n_refused_at_once():
     with pytest.raises(ValueError, match=r"^n=100000 completions"):
         _validator().check("r", "a", SamplingParams(n=100000))
+
+
+@pytest.mark.parametrize(
+    "prompt_len, max_tokens, shared, own",
+    # Blocks of 4: the prompt's full blocks before its last token are shared.
+    [(3, 1, 0, 1), (5, 3, 1, 1), (8, 1, 1, 2), (9, 7, 2, 2), (30, 2, 7, 1)],
+)
+def test_prefix_caching_counts_shared_prompt_blocks_once(
+    prompt_len, max_tokens, shared, own
+):
+    v = _validator(prefix_caching=True)
+    most = (40 - shared) // own
+    params = SamplingParams(n=most, max_tokens=max_tokens)
+    assert v.check("r", _ids(prompt_len), params)
+    with pytest.raises(ValueError) as info:
+        v.check(
+            "r", _ids(prompt_len), SamplingParams(n=most + 1, max_tokens=max_tokens)
+        )
+    message = str(info.value)
+    assert f"need {shared + (most + 1) * own} KV blocks" in message
+    assert f"enough for n <= {most} here" in message
+    # prompt_logprobs makes each completion compute its whole prompt.
+    beyond = 40 // (shared + own) + 1
+    with_logprobs = SamplingParams(n=beyond, max_tokens=max_tokens, prompt_logprobs=0)
+    with pytest.raises(ValueError, match=rf"^n={beyond} completions"):
+        v.check("r", _ids(prompt_len), with_logprobs)
+    if shared:
+        assert v.check(
+            "r", _ids(prompt_len), SamplingParams(n=beyond, max_tokens=max_tokens)
+        )

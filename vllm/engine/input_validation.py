@@ -16,7 +16,8 @@ What a request must satisfy (README, "Limits and errors"):
 - ``min_tokens`` fits in the room the prompt leaves in ``max_model_len``; a larger
   ``max_tokens`` is capped at that room (generation ends there with "length", as in
   vLLM's offline engine) and ``max_tokens=None`` means all of it.
-- The n completions, each at its longest, fit in the KV cache at once.
+- The n completions, each at its longest, fit in the KV cache at once (with prefix
+  caching, counting the prompt blocks they share once).
 """
 
 import dataclasses
@@ -41,6 +42,7 @@ class RequestLimits:
     eos_token_id: int | None
     block_size: int
     num_kv_blocks: int
+    prefix_caching: bool = False  # completions share their prompt's full blocks
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,7 @@ class InputValidator:
             eos_token_id=tokenizer.eos_token_id,
             block_size=config.cache_config.block_size,
             num_kv_blocks=num_kv_blocks,
+            prefix_caching=config.cache_config.enable_prefix_caching,
         )
         return cls(limits, tokenizer)
 
@@ -88,7 +91,7 @@ class InputValidator:
                 f"max_model_len ({self.limits.max_model_len})"
             )
         max_tokens = min(params.max_tokens or room, room)
-        self._check_fits_kv_cache(params.n, len(token_ids), max_tokens)
+        self._check_fits_kv_cache(params, len(token_ids), max_tokens)
         return CheckedRequest(text, token_ids, params, max_tokens)
 
     def _parse_prompt(self, prompt: Any) -> tuple[str | None, Any]:
@@ -148,7 +151,9 @@ class InputValidator:
                 f"{lim.eos_token_id} while ignore_eos=True: drop one of the two"
             )
 
-    def _check_fits_kv_cache(self, n: int, prompt_len: int, max_tokens: int) -> None:
+    def _check_fits_kv_cache(
+        self, params: SamplingParams, prompt_len: int, max_tokens: int
+    ) -> None:
         """The scheduler runs the n completions as independent requests, so any
         one of them always fits (the engine refuses to start unless max_model_len
         does). But if all n cannot be held at once they take turns, each preempting
@@ -156,17 +161,24 @@ class InputValidator:
         seems to end. So a request is bounded by what the cache can hold of it at
         once, every completion at its longest (prompt + max_tokens: a future step
         may allocate the last token's slot too); this also bounds n by the number
-        of KV blocks."""
-        lim = self.limits
+        of KV blocks. With prefix caching the completions share the prompt's full
+        blocks (all but the one holding its last token, which is always
+        computed), unless prompt_logprobs makes each compute its whole prompt."""
+        lim, n = self.limits, params.n
         per_completion = -(-(prompt_len + max_tokens) // lim.block_size)
-        if n * per_completion > lim.num_kv_blocks:
+        shares = lim.prefix_caching and params.prompt_logprobs is None
+        shared = (prompt_len - 1) // lim.block_size if shares else 0
+        own = per_completion - shared  # >= 1: the last prompt token's block
+        need = shared + n * own
+        if need > lim.num_kv_blocks:
+            via = f" ({shared} of them the prompt's, shared)" if shared else ""
             raise ValueError(
                 f"n={n} completions of up to {prompt_len + max_tokens} tokens "
-                f"({prompt_len} prompt + {max_tokens} max_tokens) need "
-                f"{n * per_completion} KV blocks, but the KV cache holds "
-                f"{lim.num_kv_blocks} blocks of {lim.block_size} tokens, enough for "
-                f"n <= {lim.num_kv_blocks // per_completion} here; lower n, "
-                "max_tokens or the prompt, or raise --kv-cache-space"
+                f"({prompt_len} prompt + {max_tokens} max_tokens) need {need} KV "
+                f"blocks{via}, but the KV cache holds {lim.num_kv_blocks} blocks of "
+                f"{lim.block_size} tokens, enough for n <= "
+                f"{(lim.num_kv_blocks - shared) // own} here; lower n, max_tokens "
+                "or the prompt, or raise --kv-cache-space"
             )
 
 
