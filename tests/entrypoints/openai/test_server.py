@@ -258,26 +258,35 @@ def test_concurrent_streams_complete(server, model):
     assert results == [(n, n, "length") for n in lengths]
 
 
-def test_disconnect_aborts_and_frees_blocks(server):
+@pytest.mark.parametrize("stream", [True, False])
+def test_disconnect_aborts_and_frees_blocks(server, stream):
     before = scrape(server)
     abort_key = 'vllm:request_success_total{finished_reason="abort"}'
     conn = http.client.HTTPConnection(server.host, server.port, timeout=30)
-    body = {"prompt": [7, 8, 9], "max_tokens": MAX_MODEL_LEN - 3, "stream": True}
+    body = {"prompt": [7, 8, 9], "max_tokens": MAX_MODEL_LEN - 3, "stream": stream}
     conn.request(
         "POST",
         "/v1/completions",
         json.dumps({**body, **IGNORE_EOS}),
         {"Content-Type": "application/json", "Authorization": f"Bearer {API_KEY}"},
     )
-    resp = conn.getresponse()
-    assert resp.status == 200
-    events = 0
-    while events < 3:
-        events += resp.readline().startswith(b"data: ")
+    if stream:
+        resp = conn.getresponse()
+        assert resp.status == 200
+        events = 0
+        while events < 3:
+            events += resp.readline().startswith(b"data: ")
+    else:  # nothing comes back before the end: watch the engine instead
+        deadline = time.monotonic() + 20
+        while scrape(server)["vllm:generation_tokens_total{}"] < (
+            before["vllm:generation_tokens_total{}"] + 3
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
     during = scrape(server)
     assert during["vllm:num_requests_running{}"] == 1
     assert during["vllm:kv_cache_usage_perc{}"] > 0
-    conn.sock.close()  # the client goes away mid-stream
+    conn.sock.close()  # the client goes away mid-request
     conn.close()
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:

@@ -3,7 +3,6 @@ request -> SamplingParams, submitting prompts, merging their streams, logprobs,
 and noticing a client that left while a non-streaming request ran."""
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
@@ -251,11 +250,3 @@ def top_entries(position: PositionLogprobs, k: int) -> list[tuple[int, Any]]:
     entry carries its true rank, the others their place in the top k)."""
     ranked = sorted(position.items(), key=lambda item: item[1].rank or 0)
     return [(tok, lp) for tok, lp in ranked if lp.rank is not None and lp.rank <= k]
-
-
-def error_json(message: str, status: int, type: str) -> JSONResponse:
-    return OpenAIError(message, status=status, type=type).response()
-
-
-def dumps(body: Any) -> str:
-    return json.dumps(body, separators=(",", ":"))
