@@ -14,6 +14,7 @@ from vllm import LLM, SamplingParams
 pytestmark = pytest.mark.distributed
 
 PROMPT = "The quick brown fox"
+CHAT = [{"role": "user", "content": "Name a colour."}]
 
 
 def test_tp2_spmd_server(tiny_model, tmp_path):
@@ -21,6 +22,7 @@ def test_tp2_spmd_server(tiny_model, tmp_path):
     llm = LLM(model, kv_cache_space=0.05)
     params = SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True)
     want = llm.generate(PROMPT, params, use_tqdm=False)[0].outputs[0].text
+    tokenizer = llm.get_tokenizer()
     llm.shutdown()
 
     server = RemoteServer(
@@ -44,6 +46,16 @@ def test_tp2_spmd_server(tiny_model, tmp_path):
         )  # fmt: skip
         assert got.choices[0].text == want
         assert got.usage.completion_tokens == 10
+        chat = client.chat.completions.create(
+            model=model, messages=CHAT, max_tokens=4, extra_body={"ignore_eos": True}
+        )
+        # No --chat-template: the tokenizer's own template renders it.
+        assert chat.usage.prompt_tokens == len(
+            tokenizer.apply_chat_template(
+                CHAT, add_generation_prompt=True, return_dict=False
+            )
+        )
+        assert chat.usage.completion_tokens == 4
 
         async def streams():
             aclient = server.async_client(api_key="unused")
