@@ -184,3 +184,20 @@ def test_failing_engine_ends_every_stream(tiny_model, monkeypatch):
         asyncio.run(run())
     finally:
         engine.shutdown()
+
+
+def test_shutdown_ends_open_streams(tiny_model):
+    engine = AsyncLLMEngine.from_engine_args(_args(tiny_model("llama_gqa")))
+
+    async def run():
+        stream = await engine.add_request("s", {"prompt_token_ids": [4, 5]}, LONG)
+        await stream.__anext__()
+        engine.shutdown()  # from the event loop, as a server's exit path does
+        with pytest.raises(EngineDeadError, match="shut down"):
+            async for _ in stream:
+                pass
+        with pytest.raises(EngineDeadError):
+            await engine.add_request("t", {"prompt_token_ids": [1]}, GREEDY)
+
+    asyncio.run(run())
+    assert not engine.errored

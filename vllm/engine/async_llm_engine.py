@@ -179,10 +179,8 @@ class AsyncLLMEngine:
             rejected = (
                 done.done() and not done.cancelled() and done.exception() is not None
             )
-            if rejected:
-                self._states.pop(request_id, None)
-            else:  # cancelled, perhaps while the engine thread added it
-                self._discard(request_id, state)
+            # Cancelled, perhaps while the engine thread added it: abort it.
+            self._discard(request_id, state, abort=not rejected)
             raise
         return RequestStream(self, request_id, state)
 
@@ -225,7 +223,7 @@ class AsyncLLMEngine:
 
     def shutdown(self) -> None:
         """Stops the engine thread and the engine (its workers exit). Streams
-        still open end with EngineDeadError."""
+        still open end with EngineDeadError once the event loop runs again."""
         self._stopping = True
         self._wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
@@ -261,10 +259,11 @@ class AsyncLLMEngine:
             if out.finished:
                 del self._states[out.request_id]
 
-    def _discard(self, request_id: str, state: _StreamState) -> None:
+    def _discard(self, request_id: str, state: _StreamState, abort=True) -> None:
         if self._states.get(request_id) is state:
             del self._states[request_id]
-        self._post_abort([request_id])
+        if abort:
+            self._post_abort([request_id])
 
     def _fail_streams(self, error: BaseException) -> None:
         states, self._states = self._states, {}
@@ -316,15 +315,13 @@ class AsyncLLMEngine:
                     self._to_loop(self._deliver, outputs)
         except BaseException as exc:
             logger.exception("engine loop failed")
-            dead = EngineDeadError(f"the engine failed: {exc!r}")
-            dead.__cause__ = exc
-            self._dead = dead
-            self._fail_inbox()
-            self._to_loop(self._fail_streams, dead)
+            self._dead = EngineDeadError(f"the engine failed: {exc!r}")
+            self._dead.__cause__ = exc
         finally:
             if self._dead is None:
                 self._dead = EngineDeadError("the engine was shut down")
             self._fail_inbox()
+            self._to_loop(self._fail_streams, self._dead)
 
     def _to_loop(self, callback, arg) -> None:
         # A closed loop raises RuntimeError: nobody is listening any more.
