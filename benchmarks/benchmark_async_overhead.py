@@ -17,10 +17,10 @@ import tempfile
 import time
 
 import psutil
-from benchmark_control_plane import write_tiny_model
 
 from vllm import EngineArgs, SamplingParams
 from vllm.engine.async_llm_engine import AsyncLLMEngine
+from vllm.transformers_utils.tiny_model import tiny_config, write_model_folder
 
 
 def run_sync(engine, prompts, params, tag: str) -> int:
@@ -71,7 +71,8 @@ def timed(fn, tag: str) -> tuple[float, float]:
 def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="async-bench-model-") as folder:
         if args.model is None:
-            args.model, args.load_format = write_tiny_model(folder, 2048), "dummy"
+            write_model_folder(folder, tiny_config(num_hidden_layers=1))
+            args.model, args.load_format = folder, "dummy"
         async_engine = AsyncLLMEngine.from_engine_args(EngineArgs.from_cli_args(args))
         engine = async_engine.engine
         prompts = [

@@ -6,58 +6,30 @@ hidden 64, random weights) that the forward pass is nearly free.
         --batch-sizes 1,16 --context-lens 128 --num-steps 10
 
 For every (path, batch, context): add ``batch`` prompts of ``context`` tokens,
-step until each has its first token (prefill done), run one untimed decode step
-(it also restarts the legacy followers' loop after the byte probe), then time
-``--num-steps`` decode steps. Bytes are counted over the warm-up and timed steps.
+step until each has its first token (prefill done), run one untimed decode step,
+then time ``--num-steps`` decode steps. Bytes are counted over the warm-up and
+timed steps.
 """
 
 import argparse
 import contextlib
 import math
 import os
-import shutil
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 from unittest import mock
 
 from benchmark_utils import random_prompts, sampleable_token_ids, write_json
 
-# Per-path settings. kind says how bytes are counted: "spmd" reads the
-# executor's frame counters, "legacy" the driver's broadcast counter, "uni"
-# moves nothing between processes.
-_SPMD = {"VLLM_USE_SPMD_WORKER": "1"}
+from vllm.executor import CONTROL_PLANES, control_plane_env
 
-
-@dataclass(frozen=True)
-class PathSpec:
-    backend: str
-    tp: int
-    kind: str
-    env: dict[str, str] = field(default_factory=dict)
-
-
-PATHS = {
-    "uni": PathSpec("uni", 1, "uni"),
-    "mp": PathSpec("mp", 2, "legacy"),
-    "ray": PathSpec("ray", 2, "legacy"),
-    "spmd_plain": PathSpec("ray", 2, "spmd", _SPMD),
-    "spmd_graph": PathSpec(
-        "ray", 2, "spmd", {**_SPMD, "VLLM_USE_RAY_COMPILED_DAG": "1"}
-    ),
-}
-# Every variable a path may set; all are cleared before a path sets its own, so
-# the caller's environment cannot turn e.g. the mp path into an SPMD one.
-_PATH_ENV_NAMES = (
-    "VLLM_USE_SPMD_WORKER",
-    "VLLM_USE_RAY_SPMD_WORKER",
-    "VLLM_USE_RAY_COMPILED_DAG",
-)
-TOKENIZER_SOURCE = "HuggingFaceTB/SmolLM2-135M-Instruct"
+# The paths are the project's control planes (vllm.executor.CONTROL_PLANES); every
+# one but uni runs at TP=2.
+PATHS = CONTROL_PLANES
 KV_BYTES_PER_TOKEN = 2 * 1 * 2 * 16 * 4  # K and V, 1 layer, 2 heads, head 16, fp32
 LEGACY_CPU_NOTE = (
     "engine CPU of mp/ray includes the driver worker's (rank 0) model work, "
@@ -102,26 +74,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def write_tiny_model(folder: str, max_len: int) -> str:
-    """A config-only 1-layer Llama (weights come from load_format="dummy") with
-    SmolLM2's tokenizer files."""
-    from transformers import LlamaConfig
+    """A config-only 1-layer tiny Llama (weights come from load_format="dummy")."""
+    from vllm.transformers_utils.tiny_model import tiny_config, write_model_folder
 
-    from vllm.transformers_utils.model_resolver import resolve_model
-
-    LlamaConfig(
-        vocab_size=1024,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=max(8192, max_len),
-        architectures=["LlamaForCausalLM"],
-    ).save_pretrained(folder)
-    source = resolve_model(TOKENIZER_SOURCE)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(os.path.join(source, name), folder)
-    return folder
+    config = tiny_config(
+        num_hidden_layers=1, max_position_embeddings=max(8192, max_len)
+    )
+    return write_model_folder(folder, config)
 
 
 def grid(args: argparse.Namespace) -> list[tuple[int, int]]:
@@ -163,24 +122,15 @@ def engine_kwargs(args: argparse.Namespace, sizes: list[tuple[int, int]]) -> dic
 
 
 @contextlib.contextmanager
-def path_env(spec: PathSpec) -> Iterator[None]:
+def path_env(name: str) -> Iterator[None]:
     """The path's environment while its LLM is created and used; restored after."""
     with mock.patch.dict(os.environ):
-        for name in _PATH_ENV_NAMES:
-            os.environ.pop(name, None)
-        os.environ.update(spec.env)
+        for key, value in control_plane_env(name).items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
         yield
-
-
-def read_bytes(executor: Any, kind: str) -> tuple[int, int]:
-    """Cumulative (sent, received) control-plane bytes. The legacy count goes
-    through collective_rpc, which stops the followers' loop: read it only
-    outside a timed window."""
-    if kind == "spmd":
-        return executor.bytes_sent, executor.bytes_received
-    if kind == "legacy":
-        return executor.collective_rpc("control_plane_bytes")[0], 0
-    return 0, 0
 
 
 def finish_prefill(engine: Any, ids: list[str]) -> int:
@@ -226,11 +176,11 @@ def measure(llm: Any, name: str, batch: int, context: int, ctx: dict) -> dict:
         engine.add_request(rid, {"prompt_token_ids": prompt}, params)
     prefill_steps = finish_prefill(engine, ids)
     prefill_s = time.perf_counter() - t0
-    kind = PATHS[name].kind
-    sent0, back0 = read_bytes(engine.executor, kind)
-    engine.step()  # warm-up; on legacy paths it restarts the followers' loop
+    executor = engine.executor
+    sent0, back0 = executor.bytes_sent, executor.bytes_received
+    engine.step()  # warm-up
     walls, cpu = time_decode(engine, args.num_steps, batch)
-    sent1, back1 = read_bytes(engine.executor, kind)
+    sent1, back1 = executor.bytes_sent, executor.bytes_received
     engine.abort_request(ids)
     counted = args.num_steps + 1
     return dict(
@@ -250,15 +200,15 @@ def measure(llm: Any, name: str, batch: int, context: int, ctx: dict) -> dict:
 def run_path(name: str, ctx: dict) -> list[dict]:
     from vllm import LLM
 
-    spec = PATHS[name]
-    if spec.backend == "ray":
+    plane = PATHS[name]
+    if plane.backend == "ray":
         ensure_ray()
     rows = []
-    with path_env(spec):
+    with path_env(name):
         llm = LLM(
             ctx["model"],
-            tensor_parallel_size=spec.tp,
-            distributed_executor_backend=spec.backend,
+            tensor_parallel_size=1 if plane.backend == "uni" else 2,
+            distributed_executor_backend=plane.backend,
             **ctx["engine_kwargs"],
         )
         try:

@@ -2,16 +2,18 @@
 when it is handed every prompt at once.
 
     python benchmarks/benchmark_throughput.py --input-len 128 --output-len 128 \
-        --num-prompts 64 [--backend hf --hf-max-batch-size 32]
+        --num-prompts 64 [--backend hf --hf-max-batch-size 32 | --backend llama.cpp]
 
 Only generation is timed; model loading and engine start-up are not.
 """
 
 import argparse
 import dataclasses
+import os
 import time
 from typing import Any
 
+import backend_llama_cpp
 import torch
 from benchmark_utils import (
     check_prompts,
@@ -128,6 +130,43 @@ def run_hf(
     return RunResult(elapsed, len(prompts), prompt_tokens, output_tokens)
 
 
+def run_llama_cpp(
+    prompts: list[list[int]], output_len: int, args: argparse.Namespace
+) -> RunResult:
+    max_len = max(len(p) for p in prompts) + output_len
+    runner = backend_llama_cpp.make_runner(args, len(prompts), max_len)
+    try:
+        start = time.perf_counter()
+        outputs = runner.generate(prompts, output_len, args.temperature, args.seed)
+        elapsed = time.perf_counter() - start
+    finally:
+        runner.close()
+    prompt_tokens = sum(len(p) for p in prompts)
+    output_tokens = sum(len(o) for o in outputs)
+    return RunResult(elapsed, len(prompts), prompt_tokens, output_tokens)
+
+
+def report_mfu(result: RunResult, args: argparse.Namespace) -> dict:
+    """Model FLOP utilisation against a fp32 matmul measured right after the run."""
+    from benchmark_machine import matmul_gflops, mfu, model_flops
+
+    from vllm.transformers_utils.model_resolver import load_hf_config
+
+    flops = model_flops(
+        load_hf_config(args.model), result.prompt_tokens, result.output_tokens
+    )
+    torch.set_num_threads(os.cpu_count() or 1)
+    rate = matmul_gflops(2048, 2048, 2048)
+    achieved = flops / max(result.elapsed, 1e-9) / 1e9
+    util = mfu(flops, max(result.elapsed, 1e-9), rate)
+    print(
+        f"MFU: {100 * util:.1f}% ({achieved:.1f} GFLOP/s of model matmuls / "
+        f"{rate:.1f} GFLOP/s fp32 matmul 2048^3 measured now, "
+        f"{torch.get_num_threads()} threads)"
+    )
+    return {"mfu": util, "model_gflops": achieved, "matmul_gflops": rate}
+
+
 def report(result: RunResult, args: argparse.Namespace) -> None:
     total = result.prompt_tokens + result.output_tokens
     t = max(result.elapsed, 1e-9)
@@ -138,6 +177,7 @@ def report(result: RunResult, args: argparse.Namespace) -> None:
     )
     print(f"Total num prompt tokens:  {result.prompt_tokens}")
     print(f"Total num output tokens:  {result.output_tokens}")
+    extra = report_mfu(result, args) if args.report_mfu else {}
     if args.output_json:
         write_json(
             args.output_json,
@@ -150,6 +190,7 @@ def report(result: RunResult, args: argparse.Namespace) -> None:
                 "requests_per_second": result.num_requests / t,
                 "tokens_per_second": total / t,
                 "output_tokens_per_second": result.output_tokens / t,
+                **extra,
                 "args": vars(args),
             },
         )
@@ -166,6 +207,8 @@ def main(args: argparse.Namespace) -> None:
     check_prompts(prompts, args.output_len, vocab_size, max_len)
     if args.backend == "vllm":
         result = run_vllm(prompts, args.output_len, args)
+    elif args.backend == "llama.cpp":
+        result = run_llama_cpp(prompts, args.output_len, args)
     else:
         pad_id = tokenizer.pad_token_id
         pad_id = tokenizer.eos_token_id if pad_id is None else pad_id
@@ -176,7 +219,7 @@ def main(args: argparse.Namespace) -> None:
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add = parser.add_argument
-    add("--backend", choices=["vllm", "hf"], default="vllm")
+    add("--backend", choices=["vllm", "hf", "llama.cpp"], default="vllm")
     add("--dataset", type=str, default=None, help="JSON list of prompts")
     add("--input-len", type=int, default=None, help="tokens per random prompt")
     add("--output-len", type=int, default=None, help="tokens per output")
@@ -185,6 +228,12 @@ def make_parser() -> argparse.ArgumentParser:
     add("--hf-max-batch-size", type=int, default=None, help="hf backend only")
     add("--output-json", type=str, default=None)
     add("--disable-tqdm", action="store_true")
+    add(
+        "--report-mfu",
+        action="store_true",
+        help="also print model FLOP utilisation against a fp32 matmul measured now",
+    )
+    backend_llama_cpp.add_cli_args(parser)
     return EngineArgs.add_cli_args(parser)
 
 
@@ -204,6 +253,8 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             parser.error("--backend hf runs on one process: use -tp 1")
     elif args.hf_max_batch_size is not None:
         parser.error("--hf-max-batch-size applies to --backend hf only")
+    if args.backend == "llama.cpp" and args.tensor_parallel_size != 1:
+        parser.error("--backend llama.cpp runs on one process: use -tp 1")
 
 
 if __name__ == "__main__":

@@ -2,16 +2,12 @@
 bundled SmolLM2, and Hugging Face reference generation."""
 
 import os
-import shutil
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-# Tokenizer files that make a checkpoint folder loadable by AutoTokenizer.
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
 TINY_VARIANTS = {
     # name: (config class name, overrides)
@@ -56,21 +52,15 @@ def smollm2_path() -> str:
     return resolve_model(DEFAULT_MODEL)
 
 
-def write_tiny_checkpoint(out_dir: str, variant: str, tokenizer_dir: str) -> str:
+def write_tiny_checkpoint(out_dir: str, variant: str) -> str:
+    """A tiny random checkpoint of one TINY_VARIANTS entry, with tokenizer."""
     import transformers
 
+    from vllm.transformers_utils.tiny_model import tiny_config, write_model_folder
+
     cls_name, overrides = TINY_VARIANTS[variant]
-    base = dict(
-        vocab_size=1024,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        max_position_embeddings=2048,
-        tie_word_embeddings=False,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    config = getattr(transformers, cls_name)(**{**base, **overrides})
+    config = tiny_config(cls_name, **overrides)
+    write_model_folder(out_dir, config)
     torch.manual_seed(1234)
     model = transformers.AutoModelForCausalLM.from_config(config).eval()
     # Random init gives near-uniform logits; sharpen them so greedy decoding is
@@ -80,10 +70,6 @@ def write_tiny_checkpoint(out_dir: str, variant: str, tokenizer_dir: str) -> str
             if "norm" not in name:
                 param.mul_(8.0)
     model.save_pretrained(out_dir)
-    for name in _TOKENIZER_FILES:
-        src = os.path.join(tokenizer_dir, name)
-        if os.path.exists(src):
-            shutil.copy(src, out_dir)
     return out_dir
 
 
@@ -95,7 +81,7 @@ def tiny_model(tmp_path_factory, smollm2_path):
     def make(variant: str = "llama_gqa") -> str:
         if variant not in made:
             out = str(tmp_path_factory.mktemp(variant))
-            made[variant] = write_tiny_checkpoint(out, variant, smollm2_path)
+            made[variant] = write_tiny_checkpoint(out, variant)
         return made[variant]
 
     return make
@@ -133,3 +119,16 @@ def hf_greedy(
                 rows = [torch.log_softmax(s[0].float(), -1) for s in out.logits]
                 logprobs.append(rows)
     return tokens, (logprobs if top_logprobs else None)
+
+
+def use_control_plane(monkeypatch, name: str):
+    """Sets the environment that selects control plane ``name`` (see
+    vllm.executor.CONTROL_PLANES) for this test; returns the plane."""
+    from vllm.executor import CONTROL_PLANES, control_plane_env
+
+    for key, value in control_plane_env(name).items():
+        if value is None:
+            monkeypatch.delenv(key, raising=False)
+        else:
+            monkeypatch.setenv(key, value)
+    return CONTROL_PLANES[name]

@@ -1,5 +1,7 @@
 """Flag combinations are checked once, when the configs are built."""
 
+import argparse
+
 import pytest
 
 from vllm import EngineArgs
@@ -74,3 +76,18 @@ def test_sliding_window_caps_max_model_len(tmp_path):
     # Qwen2 carries a window size but leaves it off.
     qwen = Qwen2Config(sliding_window=64, use_sliding_window=False)
     assert derive_max_model_len(qwen) == qwen.max_position_embeddings
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        ([], False),
+        (["--enable-prefix-caching"], True),
+        (["--enable-prefix-caching", "--no-enable-prefix-caching"], False),
+    ],
+)
+def test_prefix_caching_flag(clean_env, tiny_model, argv, expected):
+    parser = EngineArgs.add_cli_args(argparse.ArgumentParser())
+    args = parser.parse_args(["--model", tiny_model("llama_gqa"), *argv])
+    config = EngineArgs.from_cli_args(args).create_engine_config()
+    assert config.cache_config.enable_prefix_caching is expected

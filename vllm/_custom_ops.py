@@ -3,15 +3,16 @@
 Each op has a pure-torch implementation here, importable as ``_torch_<op>``.
 When the compiled extension ``vllm._C`` is built, the public ``<op>`` wrappers
 dispatch to its kernels (``torch.ops._C.<op>``, see ``csrc/torch_bindings.cpp``)
-for fp32/bf16 CPU tensors; ``VLLM_USE_CUSTOM_KERNELS=0`` forces the torch path.
-``HAS_KERNELS`` tells whether the extension loaded. All ops write into
-caller-provided tensors, so both paths share one calling shape.
+for fp32/bf16 CPU tensors; ``kernels=False`` forces the torch path (model layers
+pass ``ModelConfig.use_custom_kernels``, set from ``VLLM_USE_CUSTOM_KERNELS`` once
+when the engine config is built). ``HAS_KERNELS`` tells whether the extension
+loaded. All ops write into caller-provided tensors, so both paths share one
+calling shape.
 """
 
 import torch
 import torch.nn.functional as F
 
-from vllm import envs
 from vllm.logger import init_logger
 
 logger = init_logger(__name__)
@@ -37,17 +38,18 @@ def _load_kernels() -> bool:
 HAS_KERNELS: bool = _load_kernels()
 
 
-def kernels_enabled(x: torch.Tensor, *others: torch.Tensor) -> bool:
-    """Whether an op on `x` runs the compiled kernel (else the torch code).
+def kernels_enabled(kernels: bool, x: torch.Tensor, *others: torch.Tensor) -> bool:
+    """Whether an op on `x` runs the compiled kernel (else the torch code):
+    asked for, built, and applicable.
 
     The kernels want one dtype for all their float tensors; `others` must
     match `x`, where the torch code would silently promote instead."""
     return (
-        HAS_KERNELS
+        kernels
+        and HAS_KERNELS
         and x.is_cpu
         and x.dtype in _KERNEL_DTYPES
         and all(t.dtype == x.dtype for t in others)
-        and envs.VLLM_USE_CUSTOM_KERNELS
     )
 
 
@@ -160,8 +162,9 @@ def rms_norm(
     x: torch.Tensor,  # [T, H]
     weight: torch.Tensor,  # [H]
     eps: float,
+    kernels: bool = True,
 ) -> None:
-    if kernels_enabled(x, out, weight):
+    if kernels_enabled(kernels, x, out, weight):
         torch.ops._C.rms_norm(out, x, weight, eps)
     else:
         _torch_rms_norm(out, x, weight, eps)
@@ -172,8 +175,9 @@ def fused_add_rms_norm(
     residual: torch.Tensor,  # [T, H]; becomes x + residual
     weight: torch.Tensor,  # [H]
     eps: float,
+    kernels: bool = True,
 ) -> None:
-    if kernels_enabled(x, residual, weight):
+    if kernels_enabled(kernels, x, residual, weight):
         torch.ops._C.fused_add_rms_norm(x, residual, weight, eps)
     else:
         _torch_fused_add_rms_norm(x, residual, weight, eps)
@@ -186,12 +190,13 @@ def rotary_embedding(
     head_size: int,
     cos_sin_cache: torch.Tensor,  # [max_position, rot_dim]: cos half, then sin half
     is_neox: bool,
+    kernels: bool = True,
 ) -> None:
     """The kernel reads strided rows (e.g. slices of a fused qkv output) and
     writes them in place, so no contiguous copies are made."""
     # The kernel also takes an fp32 table with bf16 activations.
     cache_ok = cos_sin_cache.dtype in (torch.float32, query.dtype)
-    if cache_ok and kernels_enabled(query, key):
+    if cache_ok and kernels_enabled(kernels, query, key):
         torch.ops._C.rotary_embedding(
             positions, query, key, head_size, cos_sin_cache, is_neox
         )
@@ -204,8 +209,9 @@ def rotary_embedding(
 def silu_and_mul(
     out: torch.Tensor,  # [T, I]
     x: torch.Tensor,  # [T, 2 * I]: gate then up
+    kernels: bool = True,
 ) -> None:
-    if kernels_enabled(x, out):
+    if kernels_enabled(kernels, x, out):
         torch.ops._C.silu_and_mul(out, x)
     else:
         _torch_silu_and_mul(out, x)
@@ -217,9 +223,10 @@ def reshape_and_cache(
     key_cache: torch.Tensor,  # [num_blocks, Hkv, block_size, D]
     value_cache: torch.Tensor,  # [num_blocks, Hkv, block_size, D]
     slot_mapping: torch.Tensor,  # [T] int64: block_id * block_size + offset
+    kernels: bool = True,
 ) -> None:
     """Slots of -1 (padding tokens) are skipped by the kernel."""
-    if kernels_enabled(key, value, key_cache, value_cache):
+    if kernels_enabled(kernels, key, value, key_cache, value_cache):
         torch.ops._C.reshape_and_cache(key, value, key_cache, value_cache, slot_mapping)
     else:
         _torch_reshape_and_cache(key, value, key_cache, value_cache, slot_mapping)
@@ -233,9 +240,10 @@ def paged_attention_decode(
     block_tables: torch.Tensor,  # [B, max_blocks] int32
     context_lens: torch.Tensor,  # [B] int32: keys each query attends to
     scale: float,
+    kernels: bool = True,
 ) -> None:
     """GQA-aware: query head h reads kv head h // (Hq // Hkv)."""
-    if kernels_enabled(query, out, key_cache, value_cache):
+    if kernels_enabled(kernels, query, out, key_cache, value_cache):
         torch.ops._C.paged_attention_decode(
             out, query, key_cache, value_cache, block_tables, context_lens, scale
         )

@@ -17,7 +17,9 @@ _DTYPES = {
     "float16": torch.float16,
     "half": torch.float16,
 }
-LOAD_FORMATS = ("auto", "safetensors", "gguf", "dummy")
+# Formats the weight iterators read, plus "dummy" (random weights, no checkpoint).
+CHECKPOINT_FORMATS = ("auto", "safetensors", "gguf")
+LOAD_FORMATS = (*CHECKPOINT_FORMATS, "dummy")
 EXECUTOR_BACKENDS = ("uni", "mp", "ray")
 
 
@@ -52,7 +54,8 @@ class ModelConfig:
     seed: int
     max_model_len: int
     load_format: str = "auto"
-    enforce_eager: bool = True
+    # Run the compiled vllm._C kernels where they apply (VLLM_USE_CUSTOM_KERNELS).
+    use_custom_kernels: bool = True
 
     def __post_init__(self) -> None:
         if self.load_format not in LOAD_FORMATS:
@@ -112,6 +115,9 @@ class CacheConfig:
     # Fixes the number of KV blocks instead of sizing them from kv_cache_space_gib
     # (tests use it to force preemption).
     num_gpu_blocks_override: int | None = None
+    # Reuse the KV of full blocks whose token prefix an earlier request already
+    # computed. Off by default, as in the vLLM this project follows (V0 engine).
+    enable_prefix_caching: bool = False
 
     def __post_init__(self) -> None:
         if self.block_size not in (1, 2, 4, 8, 16, 32, 64, 128):
@@ -135,10 +141,15 @@ class CacheConfig:
 class ParallelConfig:
     tensor_parallel_size: int = 1
     distributed_executor_backend: str = "uni"
-    # Environment flags, read once here so every component sees the same choice.
+    # Environment flags (see vllm/envs.py), read once by EngineArgs so every
+    # component, in every process, sees the same choice.
     use_spmd_worker: bool = False
     use_compiled_dag: bool = False
     ray_address: str = ""
+    # torch threads per worker; 0 splits the worker's machine evenly.
+    num_threads_per_worker: int = 0
+    spmd_step_notifier: bool = True
+    spmd_worker_niceness: int = 0
 
     @property
     def world_size(self) -> int:
@@ -148,6 +159,11 @@ class ParallelConfig:
         if self.tensor_parallel_size < 1:
             raise ValueError(
                 f"tensor_parallel_size must be >= 1; got {self.tensor_parallel_size}"
+            )
+        if self.num_threads_per_worker < 0:
+            raise ValueError(
+                "VLLM_CPU_NUM_THREADS must be >= 0 (0 = automatic); got "
+                f"{self.num_threads_per_worker}"
             )
         if self.distributed_executor_backend not in EXECUTOR_BACKENDS:
             raise ValueError(
@@ -177,7 +193,6 @@ class ParallelConfig:
 class SchedulerConfig:
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 8192
-    max_model_len: int = 2048
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:

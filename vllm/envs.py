@@ -1,7 +1,10 @@
 """Every environment variable the project reads, typed and documented in one place.
 
 Values are read when accessed (``vllm.envs.VLLM_X``), not at import, so tests and
-launchers may set them after importing ``vllm``.
+launchers may set them after importing ``vllm``. Those that pick behaviour (the
+control plane, kernels on or off, thread counts) are read once, by
+``EngineArgs.create_engine_config``, into the frozen config that every component
+and every worker process receives; nothing reads them on a hot path.
 """
 
 import os
@@ -44,12 +47,14 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
     "VLLM_CPU_NUM_THREADS": (
         _int("VLLM_CPU_NUM_THREADS", 0),
         "torch threads per worker; 0 splits the machine's cores evenly between the "
-        "tensor-parallel ranks so they do not oversubscribe the CPU.",
+        "tensor-parallel ranks so they do not oversubscribe the CPU. Read into "
+        "ParallelConfig.num_threads_per_worker.",
     ),
     "VLLM_USE_CUSTOM_KERNELS": (
         _flag("VLLM_USE_CUSTOM_KERNELS", "1"),
         "Use the compiled vllm._C kernels when they are built; 0 forces the "
-        "pure-torch paths (for comparisons).",
+        "pure-torch paths (for comparisons). Read into "
+        "ModelConfig.use_custom_kernels.",
     ),
     "VLLM_USE_SPMD_WORKER": (
         lambda: _flag("VLLM_USE_SPMD_WORKER")() or _flag("VLLM_USE_RAY_SPMD_WORKER")(),
@@ -79,13 +84,15 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
         _flag("VLLM_SPMD_STEP_NOTIFIER", "1"),
         "With the compiled graph, rank 0 pings the engine over a Unix socket when a "
         "step is done, so the engine sleeps in the kernel instead of spinning on the "
-        "output channel (which would steal a core from the workers).",
+        "output channel (which would steal a core from the workers). Read into "
+        "ParallelConfig.spmd_step_notifier.",
     ),
     "VLLM_SPMD_WORKER_NICENESS": (
         _int("VLLM_SPMD_WORKER_NICENESS", 0),
         "Niceness added to SPMD worker actors. Idle compiled-graph actors spin on "
         "their input channel; a positive value lets the engine process win the CPU "
-        "while it schedules on a machine with no spare core.",
+        "while it schedules on a machine with no spare core. Read into "
+        "ParallelConfig.spmd_worker_niceness.",
     ),
     "VLLM_RAY_ADDRESS": (
         _str("VLLM_RAY_ADDRESS", ""),

@@ -40,7 +40,10 @@ class NewRequest(msgspec.Struct, array_like=True):
     token_ids: list[int]  # prompt followed by any outputs generated before preemption
     num_prompt_tokens: int  # how many of token_ids are the prompt
     block_ids: list[int]  # KV blocks holding the request, in order
-    num_scheduled_tokens: int  # tokens to compute this step, from position 0
+    # Tokens whose KV the first blocks already hold (a prefix-cache hit; 0
+    # without one): computing starts at this position.
+    num_computed_tokens: int
+    num_scheduled_tokens: int  # tokens to compute this step, after those computed
     sampling: SamplingOptions
 
 

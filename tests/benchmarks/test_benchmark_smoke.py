@@ -4,7 +4,6 @@ random Llama and prints lines in vLLM's format with sane numbers."""
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 
@@ -25,37 +24,26 @@ PROMPT_TOKENS_RE = re.compile(r"^Total num prompt tokens:\s+([0-9]+)$", re.M)
 OUTPUT_TOKENS_RE = re.compile(r"^Total num output tokens:\s+([0-9]+)$", re.M)
 AVG_RE = re.compile(rf"^Avg latency: {FLOAT} seconds$", re.M)
 PERCENTILE_RE = re.compile(rf"^([0-9]+)% percentile latency: {FLOAT} seconds$", re.M)
+MFU_RE = re.compile(
+    rf"^MFU: {FLOAT}% \({FLOAT} GFLOP/s of model matmuls / {FLOAT} GFLOP/s", re.M
+)
 
 
-@pytest.fixture(scope="module")
-def tiny_dummy_model(tmp_path_factory, smollm2_path) -> str:
-    """A config-only tiny Llama folder (weights come from --load-format dummy)."""
-    from transformers import LlamaConfig
-
-    out = tmp_path_factory.mktemp("tiny_bench_model")
-    LlamaConfig(
-        vocab_size=1024,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        bos_token_id=1,
-        eos_token_id=2,
-        architectures=["LlamaForCausalLM"],
-    ).save_pretrained(out)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(os.path.join(smollm2_path, name), out)
-    return str(out)
+def run_benchmark(script: str, *args: str, timeout: int = 180) -> str:
+    """Runs benchmarks/<script> offline with this checkout importable."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH")) if p)
+    cmd = [sys.executable, os.path.join(BENCHMARKS, script), *args]
+    proc = subprocess.run(
+        cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO
+    )
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stderr[-3000:]}"
+    return proc.stdout
 
 
 def run_script(script: str, model: str, *extra: str) -> str:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH")) if p)
-    cmd = [
-        sys.executable,
-        os.path.join(BENCHMARKS, script),
+    return run_benchmark(
+        script,
         "--model",
         model,
         "--load-format",
@@ -67,12 +55,7 @@ def run_script(script: str, model: str, *extra: str) -> str:
         "--output-len",
         str(OUTPUT_LEN),
         *extra,
-    ]
-    proc = subprocess.run(
-        cmd, env=env, capture_output=True, text=True, timeout=180, cwd=REPO
     )
-    assert proc.returncode == 0, f"{script} failed:\n{proc.stderr[-3000:]}"
-    return proc.stdout
 
 
 def run_throughput(model: str, tmp_path_factory, *extra: str) -> tuple[str, dict]:
@@ -92,7 +75,9 @@ def run_throughput(model: str, tmp_path_factory, *extra: str) -> tuple[str, dict
 
 @pytest.fixture(scope="module")
 def vllm_run(tiny_dummy_model, tmp_path_factory):
-    return run_throughput(tiny_dummy_model, tmp_path_factory, "--backend", "vllm")
+    return run_throughput(
+        tiny_dummy_model, tmp_path_factory, "--backend", "vllm", "--report-mfu"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +128,27 @@ def test_throughput_lines_parse_and_agree(which, request):
         NUM_PROMPTS / result["elapsed_time"]
     )
     assert result["args"]["backend"] == which.split("_")[0]
+
+
+def test_mfu_line_agrees_with_the_run(vllm_run, tiny_dummy_model, bench):
+    from benchmark_machine import model_flops
+
+    from vllm.transformers_utils.model_resolver import load_hf_config
+
+    stdout, result = vllm_run
+    (util, achieved, rate), *rest = MFU_RE.findall(stdout)
+    assert not rest and float(rate) > 0
+    flops = model_flops(
+        load_hf_config(tiny_dummy_model),
+        result["total_prompt_tokens"],
+        result["total_output_tokens"],
+    )
+    assert result["model_gflops"] == pytest.approx(flops / result["elapsed_time"] / 1e9)
+    assert result["mfu"] == pytest.approx(
+        result["model_gflops"] / result["matmul_gflops"]
+    )
+    assert float(util) == pytest.approx(100 * result["mfu"], abs=0.06)
+    assert float(achieved) == pytest.approx(result["model_gflops"], abs=0.06)
 
 
 def test_hf_and_vllm_report_same_totals(vllm_run, hf_run):
@@ -230,6 +236,7 @@ def test_dataset_prompts_strings_and_objects(bench, smollm2_path, tmp_path):
         ["--dataset", "x.json", "--input-len", "8", "--output-len", "4"],
         ["--input-len", "8", "--output-len", "4", "--backend", "hf"],
         ["--input-len", "8", "--output-len", "4", "--hf-max-batch-size", "2"],
+        ["--input-len", "8", "--output-len", "4", "--backend", "llama.cpp", "-tp", "2"],
     ],
 )
 def test_throughput_rejects_bad_flag_combinations(bench, argv):

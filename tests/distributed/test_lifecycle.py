@@ -86,7 +86,9 @@ def test_no_worker_outlives_the_llm(tiny_model, backend, ending):
         assert any("raylet" in p[2] for p in started["descendants"])
     if backend == "mp":
         assert [w[:2] for w in started["workers"]] == [
-            p[:2] for p in started["descendants"] if "spawn_main" in p[2]
+            p[:2]
+            for p in started["descendants"]
+            if "vllm.executor.worker_process" in p[2]
         ]
     if ended is not None:  # checked inside the script, before it exits
         assert ended["workers_alive"] == []

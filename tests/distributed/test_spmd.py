@@ -2,27 +2,15 @@
 every other control plane, send bounded deltas, and fail loudly when a rank dies."""
 
 import os
-import signal
-import threading
-import time
 
 import pytest
 import torch
 
+from tests.conftest import use_control_plane
 from vllm import LLM, SamplingParams
+from vllm.executor import CONTROL_PLANES
 
-PATHS = {
-    # name: (tp, backend, env)
-    "uni": (1, "uni", {}),
-    "mp": (2, "mp", {}),
-    "ray": (2, "ray", {}),
-    "spmd_plain": (2, "ray", {"VLLM_USE_SPMD_WORKER": "1"}),
-    "spmd_graph": (
-        2,
-        "ray",
-        {"VLLM_USE_SPMD_WORKER": "1", "VLLM_USE_RAY_COMPILED_DAG": "1"},
-    ),
-}
+PATHS = list(CONTROL_PLANES)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -35,15 +23,12 @@ def shared_ray():
     ray.shutdown()
 
 
-def make_llm(monkeypatch, path_name: str, model: str, **kwargs) -> LLM:
-    tp, backend, env = PATHS[path_name]
-    for key in ("VLLM_USE_SPMD_WORKER", "VLLM_USE_RAY_COMPILED_DAG"):
-        monkeypatch.delenv(key, raising=False)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
+def make_llm(monkeypatch, path_name: str, model: str, tp: int = 2, **kwargs) -> LLM:
+    """An LLM on control plane ``path_name``; uni always runs at TP=1."""
+    backend = use_control_plane(monkeypatch, path_name).backend
     return LLM(
         model,
-        tensor_parallel_size=tp,
+        tensor_parallel_size=1 if backend == "uni" else tp,
         distributed_executor_backend=backend,
         **kwargs,
     )
@@ -110,17 +95,12 @@ def test_smollm2_tp3_paths_agree(monkeypatch, smollm2_path):
         SamplingParams(temperature=1.0, top_k=20, seed=5, max_tokens=16),
     ]
     tokens = {}
-    for name in ("uni", "mp", "ray", "spmd_plain", "spmd_graph"):
-        tp = 1 if name == "uni" else 3
-        PATHS_TP3 = {**PATHS[name][2]}
-        for key in ("VLLM_USE_SPMD_WORKER", "VLLM_USE_RAY_COMPILED_DAG"):
-            monkeypatch.delenv(key, raising=False)
-        for key, value in PATHS_TP3.items():
-            monkeypatch.setenv(key, value)
-        llm = LLM(
+    for name in PATHS:
+        llm = make_llm(
+            monkeypatch,
+            name,
             smollm2_path,
-            tensor_parallel_size=tp,
-            distributed_executor_backend=PATHS[name][1],
+            tp=3,
             kv_cache_space=0.05,
             max_model_len=128,
         )
@@ -197,19 +177,3 @@ def test_decode_wire_size_is_independent_of_context(monkeypatch, tiny_model):
     print(f"decode bytes per sequence per step: ctx100={short:.1f} ctx1000={long:.1f}")
     assert short < 64
     assert abs(long - short) <= 0.1 * short
-
-
-def test_dead_worker_raises_clear_error(monkeypatch, tiny_model):
-    llm = make_llm(
-        monkeypatch, "spmd_graph", tiny_model("llama_tp4"), kv_cache_space=0.05
-    )
-    pids = llm.llm_engine.executor.collective_rpc("get_pid")
-    params = SamplingParams(max_tokens=400, ignore_eos=True)
-    prompts = [{"prompt_token_ids": [5 + i] * 8} for i in range(8)]
-    killer = threading.Timer(1.0, os.kill, (pids[1], signal.SIGKILL))
-    killer.start()
-    start = time.monotonic()
-    with pytest.raises(RuntimeError, match=r"rank\(s\) \[1\]"):
-        llm.generate(prompts, params, use_tqdm=False)
-    assert time.monotonic() - start < 10.0 + 1.0
-    llm.shutdown()

@@ -56,6 +56,7 @@ def test_smollm2_top5_logprobs_match_hf(smollm2, smollm2_path):
             assert token in ours
             for tok, value in zip(top.indices.tolist(), top.values.tolist()):
                 assert abs(ours[tok].logprob - value) < 1e-3
+                assert ours[tok].decoded_token == tokenizer.decode([tok])
             assert abs(ours[token].logprob - float(ref[token])) < 1e-3
             total += float(ref[token])
         assert completion.cumulative_logprob == pytest.approx(total, abs=1e-2)

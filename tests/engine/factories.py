@@ -13,13 +13,16 @@ def make_request(
     prompt_len: int,
     max_tokens: int = 16,
     seed: int = 0,
+    prompt: list[int] | None = None,
     **options,
 ) -> Request:
-    """A request whose prompt is prompt_len distinct-ish token ids; extra keyword
-    arguments go to its SamplingOptions."""
-    # Offset by the id so two requests' prompts differ, which catches mix-ups.
-    base = sum(map(ord, req_id))
-    prompt = [(base + i) % 1000 + 3 for i in range(prompt_len)]
+    """A request whose prompt is prompt_len distinct-ish token ids (or the given
+    prompt, which overrides prompt_len); extra keyword arguments go to its
+    SamplingOptions."""
+    if prompt is None:
+        # Offset by the id so two requests' prompts differ, which catches mix-ups.
+        base = sum(map(ord, req_id))
+        prompt = [(base + i) % 1000 + 3 for i in range(prompt_len)]
     return Request(
         request_id=req_id,
         prompt_token_ids=prompt,
@@ -34,12 +37,14 @@ def make_scheduler(
     max_num_batched_tokens: int = 64,
     max_num_seqs: int = 8,
     watermark: float = 0.0,
+    enable_caching: bool = False,
 ) -> Scheduler:
     config = SchedulerConfig(
         max_num_seqs=max_num_seqs,
         max_num_batched_tokens=max_num_batched_tokens,
     )
-    return Scheduler(config, BlockManager(num_blocks, block_size, watermark))
+    bm = BlockManager(num_blocks, block_size, watermark, enable_caching)
+    return Scheduler(config, bm)
 
 
 def fake_output(sched_out: SchedulerOutput, token: int = 7) -> SamplerOutput:
@@ -64,7 +69,9 @@ def step(scheduler: Scheduler, token: int = 7) -> SchedulerOutput:
     out = scheduler.schedule()
     got = scheduler.update_from_output(out, fake_output(out, token))
     done = [r for r in got if len(r.output_token_ids) >= r.max_tokens]
-    scheduler.finish_requests(done, RequestStatus.FINISHED_LENGTH)
+    scheduler.finish_requests(
+        [r.request_id for r in done], RequestStatus.FINISHED_LENGTH
+    )
     return out
 
 

@@ -148,13 +148,6 @@ def test_stream_text_withholds_partial_stop(tok):
     assert detok.finished and detok.stream_text == " hi ## x"
 
 
-def test_decode_token(tok):
-    ids = tok.encode(" hello")
-    detok = IncrementalDetokenizer(tok, [], SamplingParams())
-    assert detok.decode_token(ids[0]) == " hello"
-    assert detok.decode_token(tok.eos_token_id) == "<|im_end|>"
-
-
 @pytest.fixture(scope="module")
 def pool(tok):
     # Byte fragments and special tokens are rare among random ids: add them.

@@ -88,7 +88,7 @@ def test_watermark_only_guards_admissions_while_something_runs():
     sched.add_request(big)
     assert scheduled_counts(step(sched)) == {"a": 1}
     assert sched.block_manager.num_free_blocks == 5
-    sched.finish_requests([big], RequestStatus.FINISHED_ABORTED)
+    sched.finish_requests([big.request_id], RequestStatus.FINISHED_ABORTED)
     sched.add_request(make_request("small", 24))  # 3 blocks leave the watermark
     assert scheduled_counts(step(sched)) == {"a": 1, "small": 24}
 
@@ -114,7 +114,7 @@ def test_preemption_evicts_newest_and_resends_it_in_full():
     assert sched.num_preemptions == 1
     assert sched.block_manager.num_free_blocks == 0
 
-    sched.finish_requests([reqs["a"]], RequestStatus.FINISHED_STOPPED)
+    sched.finish_requests(["a"], RequestStatus.FINISHED_STOPPED)
     out = step(sched)
     assert out.request.finished_req_ids == ["a"]
     assert scheduled_counts(out) == {"b": 1, "c": 5}
@@ -155,8 +155,8 @@ def test_finished_and_aborted_ids_are_sent_once():
     step(sched)
     step(sched)  # b reaches max_tokens and is finished by the step helper
     assert b.status == RequestStatus.FINISHED_LENGTH
-    sched.finish_requests([a], RequestStatus.FINISHED_ABORTED)
-    sched.finish_requests([a], RequestStatus.FINISHED_ABORTED)  # no double
+    sched.finish_requests([a.request_id], RequestStatus.FINISHED_ABORTED)
+    sched.finish_requests([a.request_id], RequestStatus.FINISHED_ABORTED)  # no double
     assert a.block_ids == [] and b.block_ids == []
     assert sched.block_manager.num_free_blocks == sched.block_manager.num_blocks
     assert sorted(_all_finished_ids(sched, 3)) == ["a", "b"]
@@ -170,7 +170,7 @@ def test_preempted_then_aborted_request_is_evicted_once():
     sched.add_request(new)
     step(sched)
     ids = sched.schedule().request.finished_req_ids  # preempts new
-    sched.finish_requests([new], RequestStatus.FINISHED_ABORTED)
+    sched.finish_requests([new.request_id], RequestStatus.FINISHED_ABORTED)
     ids += _all_finished_ids(sched, 2)
     assert ids == ["new"]
     assert new not in sched.waiting
@@ -278,7 +278,9 @@ def test_random_workload_keeps_worker_and_engine_in_sync():
         sampled = _worker_step(worker, out)
         got = sched.update_from_output(out, sampled)
         done = [r for r in got if len(r.output_token_ids) >= r.max_tokens]
-        sched.finish_requests(done, RequestStatus.FINISHED_LENGTH)
+        sched.finish_requests(
+            [r.request_id for r in done], RequestStatus.FINISHED_LENGTH
+        )
     assert not pending and not sched.has_unfinished_requests()
     assert sched.num_preemptions > 0  # the workload must exercise preemption
     for req in reqs:

@@ -9,12 +9,15 @@ from vllm.messages import (
 from vllm.worker.request_state import RequestStates
 
 
-def _new(req_id: str, tokens: list[int], blocks: list[int], n: int) -> NewRequest:
+def _new(
+    req_id: str, tokens: list[int], blocks: list[int], n: int, computed: int = 0
+) -> NewRequest:
     return NewRequest(
         req_id=req_id,
         token_ids=tokens,
         num_prompt_tokens=len(tokens),
         block_ids=blocks,
+        num_computed_tokens=computed,
         num_scheduled_tokens=n,
         sampling=SamplingOptions(seed=len(req_id), top_k=3),
     )
@@ -109,3 +112,14 @@ def test_scheduled_order_follows_the_message():
     scheduled = states.apply(msg)
     # New requests first in message order, then the running ones in theirs.
     assert [s.req_id for s, _ in scheduled] == ["q", "p", "z", "x", "y"]
+
+
+def test_new_request_with_cached_prefix_starts_past_it():
+    # A prefix-cache hit: the first two blocks (8 tokens) already hold KV, so
+    # the worker computes from position 8 and keeps the whole block table.
+    states = RequestStates()
+    tokens = list(range(10, 21))
+    [(state, n)] = states.apply(_msg(new=[_new("a", tokens, [4, 6, 9], 3, 8)]))
+    assert (state.num_computed_tokens, n) == (8, 3)
+    assert state.block_ids == [4, 6, 9]
+    assert state.token_ids == tokens

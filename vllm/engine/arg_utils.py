@@ -36,9 +36,12 @@ class EngineArgs:
     max_num_batched_tokens: int | None = None
     kv_cache_space: float = 4.0
     num_gpu_blocks_override: int | None = None
+    enable_prefix_caching: bool = False
     tensor_parallel_size: int = 1
     distributed_executor_backend: str | None = None
     load_format: str = "auto"
+    # Accepted for vLLM compatibility and ignored: there is no graph capture on
+    # CPU, so every run is eager.
     enforce_eager: bool = False
 
     @staticmethod
@@ -64,10 +67,20 @@ class EngineArgs:
             help="GiB of KV cache per worker (CPU)",
         )
         add("--num-gpu-blocks-override", type=int, default=None)
+        add(
+            "--enable-prefix-caching",
+            action=argparse.BooleanOptionalAction,
+            default=d.enable_prefix_caching,
+            help="reuse the KV cache of shared prompt prefixes",
+        )
         add("--tensor-parallel-size", "-tp", type=int, default=1)
         add("--distributed-executor-backend", choices=EXECUTOR_BACKENDS, default=None)
         add("--load-format", choices=LOAD_FORMATS, default=d.load_format)
-        add("--enforce-eager", action="store_true")
+        add(
+            "--enforce-eager",
+            action="store_true",
+            help="accepted for compatibility; execution is always eager here",
+        )
         return parser
 
     @classmethod
@@ -88,7 +101,7 @@ class EngineArgs:
             seed=self.seed,
             max_model_len=max_len,
             load_format=self.load_format,
-            enforce_eager=self.enforce_eager,
+            use_custom_kernels=envs.VLLM_USE_CUSTOM_KERNELS,
         )
         return VllmConfig(
             model_config=model_config,
@@ -96,12 +109,12 @@ class EngineArgs:
                 block_size=self.block_size,
                 kv_cache_space_gib=self.kv_cache_space,
                 num_gpu_blocks_override=self.num_gpu_blocks_override,
+                enable_prefix_caching=self.enable_prefix_caching,
             ),
             parallel_config=self._parallel_config(),
             scheduler_config=SchedulerConfig(
                 max_num_seqs=self.max_num_seqs,
                 max_num_batched_tokens=self.max_num_batched_tokens or 2048,
-                max_model_len=max_len,
             ),
         )
 
@@ -119,4 +132,7 @@ class EngineArgs:
             use_spmd_worker=spmd,
             use_compiled_dag=envs.VLLM_USE_RAY_COMPILED_DAG,
             ray_address=envs.VLLM_RAY_ADDRESS,
+            num_threads_per_worker=envs.VLLM_CPU_NUM_THREADS,
+            spmd_step_notifier=envs.VLLM_SPMD_STEP_NOTIFIER,
+            spmd_worker_niceness=envs.VLLM_SPMD_WORKER_NICENESS,
         )

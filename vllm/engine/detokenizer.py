@@ -43,7 +43,6 @@ class IncrementalDetokenizer:
         self.output_text = ""
         self.stop_reason: str | None = None  # the stop string that ended output
         self.finished = False  # a stop string matched, or flush() was called
-        self._token_text: dict[int, str] = {}
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=self._skip_special)
@@ -132,11 +131,3 @@ class IncrementalDetokenizer:
                     hold = size
                     break
         return text[: len(text) - hold]
-
-    def decode_token(self, token_id: int) -> str:
-        """Text of one token on its own, for Logprob.decoded_token."""
-        text = self._token_text.get(token_id)
-        if text is None:
-            text = self.tokenizer.decode([token_id], skip_special_tokens=False)
-            self._token_text[token_id] = text
-        return text

@@ -11,9 +11,10 @@ from vllm.engine.arg_utils import EngineArgs
 from vllm.engine.block_manager import BlockManager
 from vllm.engine.output_processor import OutputProcessor, ParentRequest
 from vllm.engine.request import Request, RequestStatus
-from vllm.engine.scheduler import Scheduler
-from vllm.executor.executor_base import Executor
+from vllm.engine.scheduler import Scheduler, SchedulerOutput
+from vllm.executor import get_executor_class
 from vllm.logger import init_logger
+from vllm.messages import SamplerOutput
 from vllm.outputs import RequestOutput
 from vllm.sampling_params import SamplingParams
 from vllm.transformers_utils.model_resolver import load_tokenizer
@@ -28,7 +29,7 @@ class LLMEngine:
         self.config = vllm_config
         mc, cc = vllm_config.model_config, vllm_config.cache_config
         self.tokenizer = load_tokenizer(mc.tokenizer)
-        self.executor = Executor.get_class(vllm_config)(vllm_config)
+        self.executor = get_executor_class(vllm_config)(vllm_config)
         self.num_kv_blocks = self.executor.determine_num_available_blocks()
         capacity = self.num_kv_blocks * cc.block_size
         if capacity < mc.max_model_len:
@@ -42,12 +43,16 @@ class LLMEngine:
         logger.info("KV cache: %d blocks (%d tokens)", self.num_kv_blocks, capacity)
         self.scheduler = Scheduler(
             vllm_config.scheduler_config,
-            BlockManager(self.num_kv_blocks, cc.block_size, cc.watermark),
+            BlockManager(
+                self.num_kv_blocks,
+                cc.block_size,
+                cc.watermark,
+                enable_caching=cc.enable_prefix_caching,
+            ),
         )
         self.output_processor = OutputProcessor(
             self.tokenizer, self.tokenizer.eos_token_id, mc.max_model_len
         )
-        self._parents: dict[str, ParentRequest] = {}
         self._seeds = random.Random(mc.seed)
         self._ids = itertools.count()
         self._child_ids = itertools.count()
@@ -70,12 +75,12 @@ class LLMEngine:
         params = params or SamplingParams()
         text, token_ids = self._tokenize(prompt)
         self._validate_prompt(token_ids)
-        if request_id in self._parents:
+        if request_id in self.output_processor.parents:
             raise ValueError(f"request_id {request_id!r} is already in use")
         mc = self.config.model_config
         room = mc.max_model_len - len(token_ids)
         max_tokens = min(params.max_tokens or room, room)
-        parent = ParentRequest(request_id, text, token_ids, params)
+        children = []
         for i in range(params.n):
             if params.seed is None:
                 seed = self._seeds.getrandbits(63)
@@ -84,10 +89,11 @@ class LLMEngine:
             # Internal ids: short on the wire, and no user id can clash with them.
             child_id = str(next(self._child_ids))
             options = params.to_options(seed, self.tokenizer.eos_token_id)
-            req = Request(child_id, token_ids, options, max_tokens)
-            self.output_processor.attach(req, parent, i)
+            children.append(Request(child_id, token_ids, options, max_tokens))
+        parent = ParentRequest(request_id, text, token_ids, params)
+        self.output_processor.add_request(parent, children)
+        for req in children:
             self.scheduler.add_request(req)
-        self._parents[request_id] = parent
 
     def _tokenize(self, prompt: PromptType) -> tuple[str | None, list[int]]:
         if isinstance(prompt, str):
@@ -121,35 +127,32 @@ class LLMEngine:
     def abort_request(self, request_id: str | Iterable[str]) -> None:
         ids = [request_id] if isinstance(request_id, str) else list(request_id)
         for rid in ids:
-            parent = self._parents.pop(rid, None)
-            if parent is not None:
-                self.scheduler.finish_requests(
-                    parent.children, RequestStatus.FINISHED_ABORTED
-                )
+            children = self.output_processor.abort(rid)
+            self.scheduler.finish_requests(children, RequestStatus.FINISHED_ABORTED)
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished_requests()
 
     def get_num_unfinished_requests(self) -> int:
-        return len(self._parents)
+        return len(self.output_processor.parents)
 
     def step(self) -> list[RequestOutput]:
         scheduled = self.scheduler.schedule()
-        sampled = (
-            None
-            if scheduled.is_empty
-            else self.executor.execute_model(scheduled.request)
-        )
+        sampled = self._execute(scheduled)
         return self._update(scheduled, sampled)
 
-    def _update(self, scheduled, sampled) -> list[RequestOutput]:
+    def _execute(self, scheduled: SchedulerOutput) -> SamplerOutput | None:
+        if scheduled.is_empty:
+            return None
+        return self.executor.execute_model(scheduled.request)
+
+    def _update(
+        self, scheduled: SchedulerOutput, sampled: SamplerOutput | None
+    ) -> list[RequestOutput]:
         updated = self.scheduler.update_from_output(scheduled, sampled)
-        outputs = self.output_processor.process(
-            updated, sampled, self.scheduler.requests, self.scheduler.finish_requests
-        )
-        for out in outputs:
-            if out.finished:
-                self._parents.pop(out.request_id, None)
+        outputs, finished = self.output_processor.process(updated, sampled)
+        for status, req_ids in finished.items():
+            self.scheduler.finish_requests(req_ids, status)
         return outputs
 
     def next_request_id(self) -> str:

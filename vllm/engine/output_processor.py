@@ -1,5 +1,11 @@
 """Turns sampled tokens into text and ``RequestOutput``s, and decides when a
-request is done (EOS, stop tokens, stop strings, max_tokens, max_model_len)."""
+request is done (EOS, stop tokens, stop strings, max_tokens, max_model_len).
+
+It owns the output side of every live request (what the user submitted, the
+detokenizer, logprobs, why it stopped) and returns which requests finished and why;
+the engine tells the scheduler. It reads the scheduler's ``Request`` (tokens,
+max_tokens) and never changes it.
+"""
 
 from dataclasses import dataclass, field
 
@@ -18,17 +24,30 @@ class ParentRequest:
     prompt: str | None
     prompt_token_ids: list[int]
     params: SamplingParams
-    children: list[Request] = field(default_factory=list)
+    children: list["ChildState"] = field(default_factory=list)
     prompt_logprobs: list | None = None
 
 
 @dataclass(eq=False)
-class OutputState:
+class ChildState:
+    """The output side of one of a parent's n completions."""
+
+    request: Request  # the scheduler's request (read only here)
     parent: ParentRequest
     index: int  # which of the parent's n completions
     detokenizer: IncrementalDetokenizer
     logprobs: list[dict[int, Logprob]] | None
     cumulative_logprob: float | None
+    status: RequestStatus = RequestStatus.RUNNING  # a FINISHED_* once done
+    stop_reason: int | str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status.finished
+
+
+# What one step finished: status -> the (child) request ids it ended.
+Finished = dict[RequestStatus, list[str]]
 
 
 class OutputProcessor:
@@ -36,48 +55,71 @@ class OutputProcessor:
         self.tokenizer = tokenizer
         self.eos_token_id = eos_token_id
         self.max_model_len = max_model_len
+        self.parents: dict[str, ParentRequest] = {}  # by user request id
+        self._children: dict[str, ChildState] = {}  # by internal request id
+        # Text of single tokens, for logprobs: bounded by the vocabulary.
+        self._token_text: dict[int, str] = {}
 
-    def attach(self, req: Request, parent: ParentRequest, index: int) -> None:
+    def add_request(self, parent: ParentRequest, children: list[Request]) -> None:
         params = parent.params
         wants = params.logprobs is not None
-        req.output_state = OutputState(
-            parent=parent,
-            index=index,
-            detokenizer=IncrementalDetokenizer(
-                self.tokenizer, parent.prompt_token_ids, params
-            ),
-            logprobs=[] if wants else None,
-            cumulative_logprob=0.0 if wants else None,
-        )
-        parent.children.append(req)
+        for index, req in enumerate(children):
+            state = ChildState(
+                request=req,
+                parent=parent,
+                index=index,
+                detokenizer=IncrementalDetokenizer(
+                    self.tokenizer, parent.prompt_token_ids, params
+                ),
+                logprobs=[] if wants else None,
+                cumulative_logprob=0.0 if wants else None,
+            )
+            parent.children.append(state)
+            self._children[req.request_id] = state
         if params.prompt_logprobs is not None:
             parent.prompt_logprobs = [None]
+        self.parents[parent.request_id] = parent
+
+    def abort(self, request_id: str) -> list[str]:
+        """Forgets a user request; returns its children's ids (to free)."""
+        parent = self.parents.pop(request_id, None)
+        if parent is None:
+            return []
+        for child in parent.children:
+            self._children.pop(child.request.request_id, None)
+        return [c.request.request_id for c in parent.children]
 
     def process(
         self,
-        updated: list[Request],
+        updated: list[Request],  # requests that received a token this step
         sampled: SamplerOutput | None,
-        requests: dict[str, Request],  # live requests by id
-        finish,  # callable(list[Request], RequestStatus)
-    ) -> list[RequestOutput]:
+    ) -> tuple[list[RequestOutput], Finished]:
         touched: dict[str, ParentRequest] = {}
         logprobs: dict[str, Logprobs | None] = {}
+        finished: Finished = {}
         if sampled is not None:
             for req_id, chunk in sampled.prompt_logprobs.items():
-                state: OutputState = requests[req_id].output_state
-                if state.index == 0:
+                state = self._children.get(req_id)
+                if state is not None and state.index == 0:
                     self._record_prompt_logprobs(state.parent, chunk)
             logprobs = dict(zip(sampled.req_ids, sampled.logprobs))
         for req in updated:
-            state = req.output_state
+            state = self._children.get(req.request_id)
+            if state is None or state.finished:
+                continue
             self._record_logprobs(state, logprobs.get(req.request_id))
-            status = self._check_stop(req, state)
+            status = self._check_stop(state)
             if status is not None:
-                if not isinstance(req.stop_reason, str):
+                if not isinstance(state.stop_reason, str):
                     state.detokenizer.flush()  # release a held-back partial char
-                finish([req], status)
+                state.status = status
+                finished.setdefault(status, []).append(req.request_id)
             touched[state.parent.request_id] = state.parent
-        return [self.make_output(p) for p in touched.values()]
+        outputs = [self._make_output(p) for p in touched.values()]
+        for out in outputs:
+            if out.finished:
+                self.abort(out.request_id)  # done: nothing left to track
+        return outputs, finished
 
     def _record_prompt_logprobs(
         self, parent: ParentRequest, chunk: PromptLogprobs
@@ -94,16 +136,24 @@ class OutputProcessor:
         for pos, (tok, value) in enumerate(zip(lp.token_ids, lp.logprobs)):
             if tok not in out:
                 rank = lp.rank if pos == 0 else pos
-                out[tok] = Logprob(value, rank, self.tokenizer.decode([tok]))
+                out[tok] = Logprob(value, rank, self._decode_token(tok))
         return out
 
-    def _record_logprobs(self, state: OutputState, lp: Logprobs | None) -> None:
+    def _decode_token(self, token_id: int) -> str:
+        text = self._token_text.get(token_id)
+        if text is None:
+            text = self.tokenizer.decode([token_id])
+            self._token_text[token_id] = text
+        return text
+
+    def _record_logprobs(self, state: ChildState, lp: Logprobs | None) -> None:
         if lp is None or state.logprobs is None:
             return
         state.logprobs.append(self._to_dict(lp))
         state.cumulative_logprob += lp.logprobs[0]
 
-    def _check_stop(self, req: Request, state: OutputState) -> RequestStatus | None:
+    def _check_stop(self, state: ChildState) -> RequestStatus | None:
+        req = state.request
         token = req.output_token_ids[-1]
         params = state.parent.params
         num_out = len(req.output_token_ids)
@@ -114,33 +164,32 @@ class OutputProcessor:
             # unless include_stop_str_in_output asks for it.
             if params.include_stop_str_in_output:
                 state.detokenizer.update([token])
-            req.stop_reason = None if is_eos else token
+            state.stop_reason = None if is_eos else token
             return RequestStatus.FINISHED_STOPPED
         stop_str = state.detokenizer.update([token])
         if may_stop and stop_str is not None:
-            req.stop_reason = stop_str
+            state.stop_reason = stop_str
             return RequestStatus.FINISHED_STOPPED
         if num_out >= req.max_tokens or req.num_tokens >= self.max_model_len:
             return RequestStatus.FINISHED_LENGTH
         return None
 
-    def make_output(self, parent: ParentRequest) -> RequestOutput:
+    def _make_output(self, parent: ParentRequest) -> RequestOutput:
         completions = []
-        for req in parent.children:
-            state: OutputState = req.output_state
+        for state in parent.children:
             completions.append(
                 CompletionOutput(
                     index=state.index,
                     # While running, withhold a tail that may start a stop
                     # string, so streamed text is never taken back.
                     text=state.detokenizer.output_text
-                    if req.status.finished
+                    if state.finished
                     else state.detokenizer.stream_text,
-                    token_ids=list(req.output_token_ids),
+                    token_ids=list(state.request.output_token_ids),
                     cumulative_logprob=state.cumulative_logprob,
                     logprobs=state.logprobs,
-                    finish_reason=req.status.finish_reason,
-                    stop_reason=req.stop_reason,
+                    finish_reason=state.status.finish_reason,
+                    stop_reason=state.stop_reason,
                 )
             )
         return RequestOutput(
@@ -149,5 +198,5 @@ class OutputProcessor:
             prompt_token_ids=parent.prompt_token_ids,
             prompt_logprobs=parent.prompt_logprobs,
             outputs=completions,
-            finished=all(r.status.finished for r in parent.children),
+            finished=all(c.finished for c in parent.children),
         )

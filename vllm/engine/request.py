@@ -3,7 +3,6 @@ block ids; workers hold their own copy of its tokens."""
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any
 
 from vllm.messages import SamplingOptions
 
@@ -38,12 +37,12 @@ class Request:
     status: RequestStatus = RequestStatus.WAITING
     num_computed_tokens: int = 0
     block_ids: list[int] = field(default_factory=list)
+    # Prefix caching: prefix_ids[j] names the exact tokens of blocks 0..j, for
+    # each full block already computed (see block_manager).
+    prefix_ids: list[int] = field(default_factory=list)
     # Blocks the workers already know; None while they do not hold the request
     # (never sent, or evicted by preemption) and it must travel in full.
     num_blocks_sent: int | None = None
-    stop_reason: int | str | None = None
-    # Output-side state owned by the output processor (detokenizer, logprobs...).
-    output_state: Any = None
 
     @property
     def num_tokens(self) -> int:

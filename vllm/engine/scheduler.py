@@ -5,7 +5,12 @@ There are no prefill or decode phases: every scheduled request computes
 one token sampled last step), within ``max_num_batched_tokens``. Running requests go
 first in arrival order; waiting ones are admitted with what budget is left. When KV
 blocks run out, the newest running request is preempted: its blocks are freed and it
-recomputes from scratch when it is admitted again, ahead of newer arrivals.
+recomputes when it is admitted again, ahead of newer arrivals.
+
+With prefix caching, a waiting request starts at the end of its longest cached
+prefix (see block_manager) and computes only the rest. A request whose next block
+is being computed this step by another request waits one step and reuses it (the n
+completions of one prompt share it this way).
 """
 
 from collections import deque
@@ -13,14 +18,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from vllm.config import SchedulerConfig
-from vllm.engine.block_manager import BlockManager
+from vllm.engine.block_manager import BlockKey, BlockManager
 from vllm.engine.request import Request, RequestStatus
+from vllm.logger import init_logger
 from vllm.messages import (
     ExecuteModelRequest,
     NewRequest,
     RunningRequest,
     SamplerOutput,
 )
+
+logger = init_logger(__name__)
 
 
 @dataclass
@@ -33,6 +41,18 @@ class SchedulerOutput:
         return not self.scheduled
 
 
+@dataclass
+class PrefixCacheStats:
+    # Tokens of every admitted request (its prompt, plus earlier outputs when it
+    # resumes after preemption), and how many of them came from the cache.
+    queries: int = 0
+    hits: int = 0
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hits / self.queries if self.queries else 0.0
+
+
 class Scheduler:
     def __init__(self, config: SchedulerConfig, block_manager: BlockManager):
         self.config = config
@@ -43,6 +63,8 @@ class Scheduler:
         # Ids whose worker state must be dropped, sent with the next step.
         self._evicted: list[str] = []
         self.num_preemptions = 0
+        self.prefix_cache_stats = PrefixCacheStats()
+        self._logged_queries = 0
 
     def add_request(self, req: Request) -> None:
         self.requests[req.request_id] = req
@@ -73,26 +95,56 @@ class Scheduler:
                 continue
             break
         # Admitting new work right after preempting would only thrash.
-        while not preempted and self.waiting and budget > 0:
+        if not preempted:
+            self._admit(scheduled, budget)
+        return SchedulerOutput(self._make_message(scheduled), scheduled)
+
+    def _admit(self, scheduled: list[tuple[Request, int]], budget: int) -> None:
+        """Admits waiting requests in order while blocks and budget last; one
+        that would recompute a block another request computes this step is
+        skipped for this step."""
+        bm, i = self.block_manager, 0
+        pending = self._pending_keys(scheduled)
+        while i < len(self.waiting) and budget > 0:
             if len(self.running) >= self.config.max_num_seqs:
                 break
-            req = self.waiting[0]
-            n = min(req.num_tokens - req.num_computed_tokens, budget)
-            # The watermark guards running requests; with none, use every block.
-            fits = (
-                self.block_manager.can_allocate(req, n)
-                if self.running
-                else self.block_manager.can_append(req, n)
+            req = self.waiting[i]
+            # Cached positions were never computed, so they have no prompt
+            # logprobs: such requests compute their whole prompt.
+            cached, missed = (
+                bm.lookup(req) if req.options.prompt_logprobs < 0 else ([], None)
             )
-            if not fits:
+            if missed is not None and missed in pending:
+                i += 1
+                continue
+            num_cached = len(cached) * bm.block_size
+            n = min(req.num_tokens - num_cached, budget)
+            # The watermark guards running requests; with none, use every block.
+            fits = bm.can_allocate if self.running else bm.can_append
+            if not fits(req, num_cached + n, cached):
                 break
-            self.waiting.popleft()
-            self.block_manager.allocate(req, n)
+            del self.waiting[i]
+            bm.allocate(req, num_cached + n, cached)
+            req.num_computed_tokens = num_cached
+            self.prefix_cache_stats.queries += req.num_tokens
+            self.prefix_cache_stats.hits += num_cached
             req.status = RequestStatus.RUNNING
             self.running.append(req)
             scheduled.append((req, n))
             budget -= n
-        return SchedulerOutput(self._make_message(scheduled), scheduled)
+            key = bm.next_key(req, num_cached + n)
+            if key is not None:
+                pending.add(key)
+
+    def _pending_keys(self, scheduled: list[tuple[Request, int]]) -> set[BlockKey]:
+        """Keys of the blocks the scheduled requests register after this step."""
+        if not self.block_manager.enable_caching:
+            return set()
+        keys = (
+            self.block_manager.next_key(req, req.num_computed_tokens + n)
+            for req, n in scheduled
+        )
+        return {k for k in keys if k is not None}
 
     def _make_message(
         self, scheduled: list[tuple[Request, int]]
@@ -106,6 +158,7 @@ class Scheduler:
                         token_ids=req.all_token_ids,
                         num_prompt_tokens=len(req.prompt_token_ids),
                         block_ids=list(req.block_ids),
+                        num_computed_tokens=req.num_computed_tokens,
                         num_scheduled_tokens=n,
                         sampling=req.options,
                     )
@@ -137,6 +190,7 @@ class Scheduler:
         received a token, in the worker's order."""
         for req, n in out.scheduled:
             req.num_computed_tokens += n
+            self.block_manager.cache_full_blocks(req)
         if sampled is None:
             return []
         got = []
@@ -146,9 +200,12 @@ class Scheduler:
             got.append(req)
         return got
 
-    def finish_requests(self, reqs: Iterable[Request], status: RequestStatus) -> None:
-        for req in reqs:
-            if req.status.finished:
+    def finish_requests(self, req_ids: Iterable[str], status: RequestStatus) -> None:
+        """Ends requests (stopped, length, aborted) and frees their blocks; ids no
+        longer live are skipped."""
+        for req_id in req_ids:
+            req = self.requests.get(req_id)
+            if req is None:
                 continue
             if req.status == RequestStatus.RUNNING:
                 self.running.remove(req)
@@ -159,3 +216,17 @@ class Scheduler:
             if req.num_blocks_sent is not None:
                 self._evicted.append(req.request_id)
             del self.requests[req.request_id]
+        if self.block_manager.enable_caching and not self.has_unfinished_requests():
+            self._log_prefix_cache_stats()
+
+    def _log_prefix_cache_stats(self) -> None:
+        stats = self.prefix_cache_stats
+        if stats.queries == self._logged_queries:
+            return
+        self._logged_queries = stats.queries
+        logger.info(
+            "Prefix cache hit rate: %.1f%% (%d of %d tokens of admitted requests)",
+            100 * stats.hit_rate,
+            stats.hits,
+            stats.queries,
+        )

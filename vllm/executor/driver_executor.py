@@ -1,10 +1,10 @@
 """The legacy control plane: rank 0 is a "driver worker" inside the engine process.
 
 Each step the driver builds the model inputs and broadcasts them over
-torch.distributed to ranks 1..N-1, which loop on that broadcast
-(``Worker.execution_loop``). Control calls go to every rank through the backend's
-transport (mp pipes or Ray actor calls), after the driver releases the followers
-from their loop. Subclasses supply only the transport.
+torch.distributed to ranks 1..N-1, which loop on that broadcast (see
+``driver_broadcast``). Control calls go to every rank through the backend's
+transport (spawned processes or Ray actors), after the driver releases the
+followers from their loop. Subclasses supply only the transport.
 """
 
 import atexit
@@ -12,7 +12,13 @@ import weakref
 from typing import Any
 
 from vllm.distributed.parallel_state import check_world_group_free, get_open_port
-from vllm.executor.executor_base import Executor
+from vllm.executor.driver_broadcast import DriverWorker, follower_loop
+from vllm.executor.executor_base import (
+    Executor,
+    WorkerDiedError,
+    WorkerMethod,
+    run_worker_method,
+)
 from vllm.messages import ExecuteModelRequest, SamplerOutput
 from vllm.worker.worker import Worker
 
@@ -24,16 +30,17 @@ CLOSE_TIMEOUT_S = 10.0
 class RemoteRanks:
     """Transport to ranks 1..N-1. ``submit`` starts a method on every remote rank
     and returns handles; ``wait`` returns their results in rank order, raising
-    an error that names the rank if one died."""
+    WorkerDiedError if a rank died."""
 
-    def submit(self, method: str, args: tuple, kwargs: dict) -> Any:
+    def submit(self, method: WorkerMethod, args: tuple, kwargs: dict) -> Any:
         raise NotImplementedError
 
     def wait(self, handles: Any, timeout: float | None = None) -> list[Any]:
         """Raises TimeoutError if ``timeout`` seconds pass first."""
         raise NotImplementedError
 
-    def dead_ranks(self) -> list[int]:
+    def deaths(self) -> dict[int, tuple[int | None, str | None]]:
+        """Dead ranks -> (pid, cause), for WorkerDiedError; {} while all live."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -44,10 +51,10 @@ class _DriverGroup:
     """Everything shutdown needs, kept apart from the executor so a finalizer can
     hold it without keeping the executor alive."""
 
-    def __init__(self, driver: Worker, remote: RemoteRanks):
+    def __init__(self, driver: DriverWorker, remote: RemoteRanks):
         self.driver = driver
         self.remote = remote
-        self.loop: Any = None  # handles of the followers' execution_loop, if running
+        self.loop: Any = None  # handles of the followers' follower_loop, if running
         self.closed = False
         # Why the followers could not be released from their loop, if that failed:
         # every later call would wait on them forever.
@@ -66,7 +73,7 @@ class _DriverGroup:
         if self.loop is not None:
             loop, self.loop = self.loop, None
             try:
-                self.driver.stop_execution_loop()
+                self.driver.stop_followers()
                 self.remote.wait(loop, CLOSE_TIMEOUT_S)
             except BaseException as e:
                 self.stuck = e
@@ -88,14 +95,14 @@ class _DriverGroup:
             return
         self.closed = True
         try:
-            if self.stuck is None and not self.remote.dead_ranks():
+            if self.stuck is None and not self.remote.deaths():
                 self.stop_loop()
                 handles = self.remote.submit("shutdown", (), {})
                 self.remote.wait(handles, CLOSE_TIMEOUT_S)
         except Exception:
             pass  # the transport's close below still stops every process
         finally:
-            self.driver.shutdown()
+            self.driver.worker.shutdown()
             self.remote.close()
 
 
@@ -110,7 +117,8 @@ class DriverWorkerExecutor(Executor):
         check_world_group_free()  # before any process starts
         init_method = f"tcp://{self._master_address()}:{get_open_port()}"
         remote = self._make_remote(init_method)
-        self._group = _DriverGroup(Worker(self.config, 0, init_method), remote)
+        driver = DriverWorker(Worker(self.config, 0, init_method))
+        self._group = _DriverGroup(driver, remote)
         self._finalizer = weakref.finalize(self, self._group.close)
         # finalize's own exit hook was registered when the interpreter first used
         # one, so it would run after the exit hooks of libraries started since
@@ -118,9 +126,9 @@ class DriverWorkerExecutor(Executor):
         self._finalizer.atexit = False
         atexit.register(self._finalizer)
         try:
-            # A rank that died while starting (say, a script without the
-            # ``if __name__ == "__main__"`` guard under spawn) would leave the
-            # driver waiting in the rendezvous below; the reply proves each lives.
+            # A rank that died while starting (say, one whose interpreter cannot
+            # import vllm) would leave the driver waiting in the rendezvous
+            # below; the reply proves each lives.
             remote.wait(remote.submit("get_pid", (), {}))
             self.collective_rpc("init_device")
             self.collective_rpc("load_model")
@@ -129,15 +137,16 @@ class DriverWorkerExecutor(Executor):
             raise
 
     def collective_rpc(
-        self, method: str, args: tuple = (), kwargs: dict | None = None
+        self, method: WorkerMethod, args: tuple = (), kwargs: dict | None = None
     ) -> list[Any]:
         g = self._group
         g.check_usable()
         g.stop_loop()
-        handles = g.remote.submit(method, args, kwargs or {})
+        kwargs = kwargs or {}
+        handles = g.remote.submit(method, args, kwargs)
         try:
             mine = self._guard(
-                lambda: getattr(g.driver, method)(*args, **(kwargs or {}))
+                lambda: run_worker_method(g.driver.worker, method, args, kwargs)
             )
         except BaseException:
             g.drain(handles)
@@ -148,17 +157,19 @@ class DriverWorkerExecutor(Executor):
         g = self._group
         g.check_usable()
         if g.loop is None:
-            g.loop = g.remote.submit("execution_loop", (), {})
-        return self._guard(lambda: g.driver.execute_model(req))
+            g.loop = g.remote.submit(follower_loop, (), {})
+        out = self._guard(lambda: g.driver.execute_model(req))
+        self.bytes_sent = g.driver.bytes_sent
+        return out
 
     def _guard(self, call):
         """A collective on the driver fails obscurely when a peer dies; name it."""
         try:
             return call()
         except Exception as e:
-            dead = self._group.remote.dead_ranks()
-            if dead:
-                raise RuntimeError(f"worker rank(s) {dead} died") from e
+            deaths = self._group.remote.deaths()
+            if deaths:
+                raise WorkerDiedError(deaths) from e
             raise
 
     def shutdown(self) -> None:

@@ -5,18 +5,21 @@ from typing import Any
 from vllm import envs
 from vllm.config import VllmConfig
 from vllm.executor.driver_executor import DriverWorkerExecutor, RemoteRanks
-from vllm.executor.ray_utils import dead_actors, place_actors, release, wait_all
+from vllm.executor.executor_base import WorkerMethod
+from vllm.executor.ray_utils import ActorHealth, place_actors, release, wait_all
 
 
 class ActorRanks(RemoteRanks):
     def __init__(self, config: VllmConfig, init_method: str, started_ray: bool):
         self.started_ray = started_ray
+        self.poll_s = envs.VLLM_WORKER_LIVENESS_POLL_S
         world = config.parallel_config.world_size
         self.actors, self.group = place_actors(
             config, list(range(1, world)), init_method
         )
+        self.health = ActorHealth(self.actors, first_rank=1)
 
-    def submit(self, method: str, args: tuple, kwargs: dict) -> list[Any]:
+    def submit(self, method: WorkerMethod, args: tuple, kwargs: dict) -> list[Any]:
         return [a.execute_method.remote(method, *args, **kwargs) for a in self.actors]
 
     def wait(self, handles: list[Any], timeout: float | None = None) -> list[Any]:
@@ -26,12 +29,13 @@ class ActorRanks(RemoteRanks):
             ready, _ = ray.wait(handles, num_returns=len(handles), timeout=timeout)
             if len(ready) < len(handles):
                 raise TimeoutError(f"worker rank(s) did not answer in {timeout} s")
-        return wait_all(handles, self.dead_ranks, envs.VLLM_WORKER_LIVENESS_POLL_S)
+        return wait_all(handles, self.health, self.poll_s)
 
-    def dead_ranks(self) -> list[int]:
+    def deaths(self) -> dict[int, tuple[int | None, str | None]]:
         if not _ray_connected():
-            return list(range(1, len(self.actors) + 1))
-        return [i + 1 for i in dead_actors(self.actors)]
+            cause = "Ray was shut down"
+            return {r + 1: (pid, cause) for r, pid in enumerate(self.health.pids)}
+        return self.health.deaths()
 
     def close(self) -> None:
         # With Ray already shut down (an exit hook that ran before ours), any Ray

@@ -12,6 +12,7 @@ compiled, control calls travel through it too, so every worker method has one pa
 
 import atexit
 import contextlib
+import logging
 import os
 import socket
 import tempfile
@@ -20,10 +21,10 @@ import weakref
 from typing import Any
 
 from vllm import envs, messages
-from vllm.executor.executor_base import Executor
+from vllm.executor.executor_base import Executor, WorkerDiedError, WorkerMethod
 from vllm.executor.ray_utils import (
     STEP,
-    dead_actors,
+    ActorHealth,
     encode_call,
     initialize_ray,
     place_actors,
@@ -49,17 +50,23 @@ class _SPMDGroup:
         self.notify_path = ""
         self.closed = False
 
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        atexit.unregister(self.close)
+    def close_graph(self) -> None:
+        """Tears the graph down. Once it is, the step results still referenced
+        (say, by a traceback) are dropped silently; before, each would try to
+        release a buffer of a closed channel and print an error."""
         if self.graph is not None:
             graph, self.graph = self.graph, None
             try:
                 graph.teardown()
             except Exception as e:  # a dead rank can make teardown complain
                 logger.debug("compiled graph teardown: %s", e)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        atexit.unregister(self.close)
+        self.close_graph()
         release(self.actors, self.group, self.started_ray)
         if self.notify is not None:
             self.notify.close()
@@ -78,13 +85,13 @@ class RaySPMDExecutor(Executor):
         # Closing before Ray's own exit hook runs keeps interpreter exit quiet.
         atexit.register(self._group.close)
         self._finalizer = weakref.finalize(self, self._group.close)
+        self._health = ActorHealth(actors, first_rank=0)
+        self._poll_s = envs.VLLM_WORKER_LIVENESS_POLL_S
         ip, port = ray.get(actors[0].node_ip_and_port.remote())
         init = f"tcp://{ip}:{port}"
         ray.get([a.set_init_method.remote(init) for a in actors])
-        self.bytes_sent = 0  # engine -> workers, step frames only
-        self.bytes_received = 0
-        if envs.VLLM_SPMD_WORKER_NICENESS:
-            ray.get([a.renice.remote(envs.VLLM_SPMD_WORKER_NICENESS) for a in actors])
+        if pc.spmd_worker_niceness:
+            ray.get([a.renice.remote(pc.spmd_worker_niceness) for a in actors])
         self.collective_rpc("init_device")
         self.collective_rpc("load_model")
 
@@ -93,7 +100,7 @@ class RaySPMDExecutor(Executor):
         return self._group.actors
 
     def collective_rpc(
-        self, method: str, args: tuple = (), kwargs: dict | None = None
+        self, method: WorkerMethod, args: tuple = (), kwargs: dict | None = None
     ) -> list[Any]:
         import pickle
 
@@ -109,9 +116,10 @@ class RaySPMDExecutor(Executor):
     def execute_model(self, req: ExecuteModelRequest) -> SamplerOutput:
         frame = STEP + messages.encode(req)
         self.bytes_sent += len(frame)
-        if self.config.parallel_config.use_compiled_dag:
+        pc = self.config.parallel_config
+        if pc.use_compiled_dag:
             if self._group.graph is None:
-                if envs.VLLM_SPMD_STEP_NOTIFIER and self._same_node_as_rank0():
+                if pc.spmd_step_notifier and self._health.local[0]:
                     self._open_notifier()
                 self._group.graph = self._compile()
             results = self._run_graph(frame)
@@ -128,7 +136,7 @@ class RaySPMDExecutor(Executor):
         )
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.bind(path)
-        sock.settimeout(envs.VLLM_WORKER_LIVENESS_POLL_S)
+        sock.settimeout(self._poll_s)
         self._group.notify, self._group.notify_path = sock, path
         ray.get(self.actors[0].set_step_notifier.remote(path))
 
@@ -139,6 +147,7 @@ class RaySPMDExecutor(Executor):
         ctx = DAGContext.get_current()
         ctx.submit_timeout = envs.VLLM_RAY_CGRAPH_SUBMIT_TIMEOUT
         ctx.get_timeout = envs.VLLM_RAY_CGRAPH_GET_TIMEOUT
+        _quiet_teardown_of_dead_actors()
         with InputNode() as frame:
             dag = MultiOutputNode([a.execute_frame.bind(frame) for a in self.actors])
         return dag.experimental_compile()
@@ -152,7 +161,13 @@ class RaySPMDExecutor(Executor):
                 self._sleep_until_done()
             return ray.get(refs)
         except Exception as e:
-            self._raise_if_dead(e)
+            try:
+                self._health.raise_if_dead(e)
+            except WorkerDiedError:
+                # The graph cannot run without the rank; tear it down now, so
+                # nothing it left behind complains later.
+                self._group.close_graph()
+                raise
             raise
 
     def _sleep_until_done(self) -> None:
@@ -163,26 +178,32 @@ class RaySPMDExecutor(Executor):
                 sock.recv(16)
                 return
             except TimeoutError:
-                dead = self._dead_ranks()
-                if dead:
-                    raise RuntimeError(f"worker rank(s) {dead} died") from None
+                self._health.raise_if_dead()
 
     def _wait(self, refs: list[Any]) -> list[Any]:
-        return wait_all(refs, self._dead_ranks, envs.VLLM_WORKER_LIVENESS_POLL_S)
-
-    def _dead_ranks(self) -> list[int]:
-        return dead_actors(self.actors)
-
-    def _same_node_as_rank0(self) -> bool:
-        import ray
-
-        ip, _ = ray.get(self.actors[0].node_ip_and_port.remote())
-        return ip == ray.util.get_node_ip_address()
-
-    def _raise_if_dead(self, cause: Exception) -> None:
-        dead = self._dead_ranks()
-        if dead:
-            raise RuntimeError(f"worker rank(s) {dead} died") from cause
+        return wait_all(refs, self._health, self._poll_s)
 
     def shutdown(self) -> None:
         self._finalizer()
+
+
+class _DeadActorCancelFilter(logging.Filter):
+    """Ray's compiled graph tears itself down when an actor dies and logs the
+    failed cancel of the dead actor's loop as an ERROR with a traceback. The
+    executor reports that death itself (WorkerDiedError), so the record only
+    repeats it; other records pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        import ray
+
+        error = record.exc_info[1] if record.exc_info else None
+        return not (
+            record.getMessage() == "Error cancelling worker task"
+            and isinstance(error, ray.exceptions.RayActorError)
+        )
+
+
+def _quiet_teardown_of_dead_actors() -> None:
+    graph_logger = logging.getLogger("ray.dag.compiled_dag_node")
+    if not any(isinstance(f, _DeadActorCancelFilter) for f in graph_logger.filters):
+        graph_logger.addFilter(_DeadActorCancelFilter())

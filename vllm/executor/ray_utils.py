@@ -5,10 +5,14 @@ import contextlib
 import os
 import pickle
 import socket
+import time
 from typing import Any
+
+import psutil
 
 from vllm import messages
 from vllm.config import VllmConfig
+from vllm.executor.executor_base import WorkerDiedError, run_worker_method
 from vllm.logger import init_logger
 
 logger = init_logger(__name__)
@@ -20,7 +24,7 @@ logger = init_logger(__name__)
 STEP, CALL = b"S", b"C"
 
 
-def encode_call(method: str, args: tuple, kwargs: dict) -> bytes:
+def encode_call(method: Any, args: tuple, kwargs: dict) -> bytes:
     return CALL + pickle.dumps((method, args, kwargs))
 
 
@@ -44,8 +48,8 @@ class RayWorkerWrapper:
         self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._notify.connect(path)
 
-    def execute_method(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return getattr(self.worker, method)(*args, **kwargs)
+    def execute_method(self, method: Any, *args: Any, **kwargs: Any) -> Any:
+        return run_worker_method(self.worker, method, args, kwargs)
 
     def execute_frame(self, frame: bytes) -> bytes:
         """A step returns rank 0's encoded SamplerOutput and an empty frame on
@@ -59,7 +63,7 @@ class RayWorkerWrapper:
                 self._notify.send(b"!")
             return data
         method, args, kwargs = pickle.loads(frame[1:])
-        return pickle.dumps(getattr(self.worker, method)(*args, **kwargs))
+        return pickle.dumps(run_worker_method(self.worker, method, args, kwargs))
 
     def node_ip_and_port(self) -> tuple[str, int]:
         import ray
@@ -67,6 +71,11 @@ class RayWorkerWrapper:
         from vllm.distributed.parallel_state import get_open_port
 
         return ray.util.get_node_ip_address(), get_open_port()
+
+    def node_ip_and_pid(self) -> tuple[str, int]:
+        import ray
+
+        return ray.util.get_node_ip_address(), os.getpid()
 
     def set_init_method(self, init_method: str) -> None:
         self.worker.distributed_init_method = init_method
@@ -118,24 +127,85 @@ def place_actors(
     return actors, group
 
 
-def dead_actors(actors: list[Any]) -> list[int]:
-    """Indices of actors whose process is gone. A busy actor does not answer the
-    ping within the timeout and counts as alive; a dead one fails at once."""
-    import ray
+class ActorHealth:
+    """Tells which of an engine's actors died, and as what process.
 
-    pings = [a.__ray_ready__.remote() for a in actors]
-    ready, _ = ray.wait(pings, num_returns=len(pings), timeout=0.2)
-    dead = []
-    for i, ping in enumerate(pings):
-        if ping in ready:
-            try:
-                ray.get(ping)
-            except ray.exceptions.RayActorError:
-                dead.append(i)
-    return dead
+    An actor on this machine is checked by its pid, at once and exactly (a busy
+    actor, such as one inside a compiled graph, answers no ping). One on another
+    node is pinged: a dead one fails, a busy one does not answer in time and
+    counts as alive."""
+
+    def __init__(self, actors: list[Any], first_rank: int):
+        import ray
+
+        self.actors = actors
+        self.first_rank = first_rank  # rank of actors[0]
+        here = ray.util.get_node_ip_address()
+        found = ray.get([a.node_ip_and_pid.remote() for a in actors])
+        self.pids = [pid for _, pid in found]
+        self.local = [ip == here for ip, _ in found]
+
+    def deaths(self, cause: str | None = None) -> dict[int, tuple[int, str | None]]:
+        """Dead ranks -> (pid, cause); ``cause`` is what the caller learnt (e.g.
+        from Ray's error), if anything."""
+        import ray
+
+        dead = [
+            i
+            for i, local in enumerate(self.local)
+            if local and not _alive(self.pids[i])
+        ]
+        remote = [i for i, local in enumerate(self.local) if not local]
+        pings = {i: self.actors[i].__ray_ready__.remote() for i in remote}
+        if pings:
+            ready, _ = ray.wait(
+                list(pings.values()), num_returns=len(pings), timeout=0.2
+            )
+            for i, ping in pings.items():
+                if ping in ready:
+                    try:
+                        ray.get(ping)
+                    except ray.exceptions.RayActorError:
+                        dead.append(i)
+        # Ray does not pass on an actor's exit status; say what is known.
+        cause = cause or "its process is gone"
+        return {self.first_rank + i: (self.pids[i], cause) for i in sorted(dead)}
+
+    def raise_if_dead(self, error: BaseException | None = None) -> None:
+        """Raises WorkerDiedError if a rank is gone. Given Ray's actor error, waits
+        a little for the death to show, since Ray may report it first."""
+        import ray
+
+        is_actor_error = isinstance(error, ray.exceptions.RayActorError)
+        cause = _exit_detail(error) if is_actor_error else None
+        for _ in range(20 if is_actor_error else 1):
+            deaths = self.deaths(cause)
+            if deaths:
+                raise WorkerDiedError(deaths) from error
+            if is_actor_error:
+                time.sleep(0.1)
+        if is_actor_error:  # Ray says an actor died, though none looks dead yet
+            ranks = range(self.first_rank, self.first_rank + len(self.actors))
+            raise WorkerDiedError({r: (None, cause) for r in ranks}) from error
 
 
-def wait_all(refs: list[Any], dead_ranks, poll_s: float) -> list[Any]:
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _exit_detail(error: BaseException) -> str:
+    """The "Worker exit detail" Ray puts in an actor's death message, if any."""
+    text = str(error)
+    marker = "Worker exit detail: "
+    if marker in text:
+        return "Ray: " + text.split(marker, 1)[1].split(". ", 1)[0]
+    return "Ray reports the actor dead"
+
+
+def wait_all(refs: list[Any], health: ActorHealth, poll_s: float) -> list[Any]:
     """ray.get that notices a dead rank instead of waiting forever."""
     import ray
 
@@ -143,13 +213,13 @@ def wait_all(refs: list[Any], dead_ranks, poll_s: float) -> list[Any]:
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=poll_s)
         if len(ready) == len(refs):
             break
-        dead = dead_ranks()
-        if dead:
-            raise RuntimeError(f"worker rank(s) {dead} died")
+        health.raise_if_dead()
     try:
         return ray.get(refs)
-    except ray.exceptions.RayActorError as e:
-        raise RuntimeError(f"worker rank(s) {dead_ranks()} died") from e
+    except Exception as e:
+        # A rank's death also fails its peers' collectives: name the death.
+        health.raise_if_dead(e)
+        raise
 
 
 def release(actors: list[Any], group: Any, started_ray: bool) -> None:

@@ -3,7 +3,7 @@ names the multi-process backends carry."""
 
 from typing import Any
 
-from vllm.executor.executor_base import Executor
+from vllm.executor.executor_base import Executor, WorkerMethod, run_worker_method
 from vllm.worker.worker import Worker
 
 
@@ -14,9 +14,9 @@ class UniProcExecutor(Executor):
         self.worker.load_model()
 
     def collective_rpc(
-        self, method: str, args: tuple = (), kwargs: dict | None = None
+        self, method: WorkerMethod, args: tuple = (), kwargs: dict | None = None
     ) -> list[Any]:
-        return [getattr(self.worker, method)(*args, **(kwargs or {}))]
+        return [run_worker_method(self.worker, method, args, kwargs or {})]
 
     def shutdown(self) -> None:
         if getattr(self, "worker", None) is not None:

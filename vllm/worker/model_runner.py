@@ -1,13 +1,10 @@
 """Builds batch tensors from the worker's request states, runs the model, samples.
 
-Three ways to drive it, one per control plane:
-- ``execute_model(req)`` on every rank (uni, SPMD): each rank builds identical inputs
-  from its own request states, logits are all-gathered, and every rank samples the
-  same tokens (the sampler is a pure function of seed and logits), so all ranks keep
-  identical request states;
-- legacy driver: rank 0 runs ``execute_model(req)`` with ``broadcast=True``, which
-  also sends the packed inputs to the others; logits are gathered to rank 0 only;
-- legacy followers: ``execute_broadcast()`` receives the inputs and runs the forward.
+One execution path, in three parts any driver can call: ``prepare_inputs`` applies a
+step's delta and builds the batch, ``forward`` computes the logits of the rows that
+need them, ``sample`` picks tokens and records them. ``execute_model`` chains the
+three. Whether logits end up on every rank (each rank then samples the same tokens
+and keeps identical request states) or only on rank 0 is the caller's argument.
 """
 
 import torch
@@ -18,18 +15,17 @@ from vllm.messages import ExecuteModelRequest, PromptLogprobs, SamplerOutput
 from vllm.model_executor.layers.attention import AttentionMetadata, PrefillSeq
 from vllm.model_executor.layers.sampler import logprobs_at, sample
 from vllm.model_executor.model_loader.loader import get_model
-from vllm.worker.model_input import STOP_HEADER, ModelInput, header_template
+from vllm.worker.model_input import ModelInput
 from vllm.worker.request_state import CachedRequestState, RequestStates
 
 _EMPTY = SamplerOutput(req_ids=[], sampled_token_ids=[], logprobs=[])
+_scope = torch.profiler.record_function  # named spans for benchmarks/profile_step.py
 
 
 class ModelRunner:
-    def __init__(self, config: VllmConfig, tp: TensorParallelGroup, broadcast: bool):
+    def __init__(self, config: VllmConfig, tp: TensorParallelGroup):
         self.config = config
         self.tp = tp
-        self.broadcast = broadcast  # legacy driver: ship inputs to the followers
-        self.bytes_broadcast = 0  # control-plane bytes shipped (legacy driver)
         self.block_size = config.cache_config.block_size
         self.requests = RequestStates()
         self.model = None
@@ -47,24 +43,39 @@ class ModelRunner:
         ]
 
     @torch.inference_mode()
-    def execute_model(self, req: ExecuteModelRequest) -> SamplerOutput:
-        scheduled = self.requests.apply(req)
-        if not scheduled:
+    def execute_model(
+        self, req: ExecuteModelRequest, gather_to_all: bool = True
+    ) -> SamplerOutput:
+        inp = self.prepare_inputs(req)
+        if inp is None:
             return _EMPTY
-        inp = self.prepare_inputs(scheduled)
-        if self.broadcast:
-            header, body = inp.pack()
-            self.tp.broadcast(header)
-            self.tp.broadcast(body)
-            self.bytes_broadcast += (header.numel() + body.numel()) * 8
-        logits = self._forward(inp, gather_to_all=not self.broadcast)
-        for state, n in scheduled:
+        return self.sample(inp, self.forward(inp, gather_to_all))
+
+    @torch.inference_mode()
+    def forward(self, inp: ModelInput, gather_to_all: bool) -> torch.Tensor | None:
+        """-> float32 logits [N, vocab] of inp.logits_rows, on every rank if
+        gather_to_all, else on rank 0 only (None elsewhere)."""
+        with _scope("vllm::forward"):
+            hidden = self.model(inp.input_ids, inp.positions, self.kv_caches, inp.meta)
+        if not len(inp.logits_rows):
+            return torch.empty(0, 0)
+        with _scope("vllm::compute_logits"):
+            logits = self.model.compute_logits(hidden[inp.logits_rows], gather_to_all)
+        return None if logits is None else logits.float()
+
+    @torch.inference_mode()
+    def sample(self, inp: ModelInput, logits: torch.Tensor) -> SamplerOutput:
+        """Samples the rows that end a request's known tokens, records the tokens
+        and computed counts in the request states, and scores prompt positions
+        that asked for logprobs."""
+        for state, n in inp.scheduled:
             state.num_computed_tokens += n
         num_sampled = len(inp.sample_states)
         prompt_logprobs = self._prompt_logprobs(logits[num_sampled:], inp)
         if not num_sampled:
             return SamplerOutput([], [], [], prompt_logprobs)
-        tokens, logprobs = sample(logits[:num_sampled], inp.sample_states)
+        with _scope("vllm::sample"):
+            tokens, logprobs = sample(logits[:num_sampled], inp.sample_states)
         for state, token in zip(inp.sample_states, tokens):
             state.token_ids.append(token)
         return SamplerOutput(
@@ -74,31 +85,13 @@ class ModelRunner:
             prompt_logprobs=prompt_logprobs,
         )
 
-    @torch.inference_mode()
-    def execute_broadcast(self) -> bool:
-        """Legacy follower: runs one step sent by the driver; False on stop."""
-        header = header_template()
-        self.tp.broadcast(header)
-        if torch.equal(header, STOP_HEADER):
-            return False
-        body = torch.empty(ModelInput.body_len(header), dtype=torch.long)
-        self.tp.broadcast(body)
-        self._forward(ModelInput.unpack(header, body), gather_to_all=False)
-        return True
+    def prepare_inputs(self, req: ExecuteModelRequest) -> ModelInput | None:
+        """Applies the step's delta; None when it schedules nothing."""
+        with _scope("vllm::prepare_inputs"):
+            scheduled = self.requests.apply(req)
+            return self._build_inputs(scheduled) if scheduled else None
 
-    def stop_followers(self) -> None:
-        self.tp.broadcast(STOP_HEADER.clone())
-
-    def _forward(self, inp: ModelInput, gather_to_all: bool) -> torch.Tensor | None:
-        """-> float32 logits [N, vocab] of inp.logits_rows (None on ranks that
-        only contributed to a gather)."""
-        hidden = self.model(inp.input_ids, inp.positions, self.kv_caches, inp.meta)
-        if not len(inp.logits_rows):
-            return torch.empty(0, 0)
-        logits = self.model.compute_logits(hidden[inp.logits_rows], gather_to_all)
-        return None if logits is None else logits.float()
-
-    def prepare_inputs(
+    def _build_inputs(
         self, scheduled: list[tuple[CachedRequestState, int]]
     ) -> ModelInput:
         # Single-token queries first: the attention layer batches them in one call.
@@ -143,6 +136,7 @@ class ModelRunner:
             positions=torch.tensor(positions, dtype=torch.long),
             meta=meta,
             logits_rows=torch.tensor(rows, dtype=torch.long),
+            scheduled=scheduled,
             sample_states=sample_states,
             prompt_logprob_spans=spans,
         )

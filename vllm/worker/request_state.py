@@ -34,6 +34,7 @@ class RequestStates:
                 num_prompt_tokens=new.num_prompt_tokens,
                 block_ids=list(new.block_ids),
                 sampling=new.sampling,
+                num_computed_tokens=new.num_computed_tokens,
             )
             self.states[new.req_id] = state
             scheduled.append((state, new.num_scheduled_tokens))

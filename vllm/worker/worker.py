@@ -1,14 +1,14 @@
 """One tensor-parallel rank: owns the model weights and the KV cache.
 
 Every method here is reachable through the executor's ``collective_rpc`` on every
-backend; ``execute_model`` is the per-step entry point.
+backend; ``execute_model`` is the per-step entry point. The worker does not know
+which control plane drives it.
 """
 
 import os
 
 import torch
 
-from vllm import envs
 from vllm.config import VllmConfig
 from vllm.distributed.parallel_state import (
     TensorParallelGroup,
@@ -34,7 +34,9 @@ class Worker:
 
     def init_device(self) -> None:
         pc = self.config.parallel_config
-        threads = envs.VLLM_CPU_NUM_THREADS or max(
+        # 0 means automatic: this machine's cores, split between the ranks it
+        # hosts (all of them, on one machine).
+        threads = pc.num_threads_per_worker or max(
             1, (os.cpu_count() or 1) // pc.world_size
         )
         torch.set_num_threads(threads)
@@ -42,11 +44,7 @@ class Worker:
             self.tp = init_distributed(
                 self.rank, pc.world_size, self.distributed_init_method
             )
-        # Legacy control plane: the driver (rank 0) ships inputs to the others.
-        is_legacy_driver = (
-            pc.world_size > 1 and not pc.use_spmd_worker and self.rank == 0
-        )
-        self.model_runner = ModelRunner(self.config, self.tp, is_legacy_driver)
+        self.model_runner = ModelRunner(self.config, self.tp)
 
     def load_model(self) -> None:
         self.model_runner.load_model()
@@ -74,26 +72,15 @@ class Worker:
         self.model_runner.initialize_cache(num_blocks, self._num_local_kv_heads())
 
     def execute_model(self, req: ExecuteModelRequest) -> SamplerOutput | None:
-        out = self.model_runner.execute_model(req)
-        # Only rank 0's output is read; the others send back nothing of size.
+        """Every rank computes and samples the same tokens, so all keep the same
+        request states; only rank 0's output is read, the others return None."""
+        out = self.model_runner.execute_model(req, gather_to_all=True)
         return out if self.rank == 0 else None
 
-    def execution_loop(self) -> None:
-        """Legacy follower ranks: run the driver's broadcast steps until it stops
-        the loop (before any control call, and at shutdown)."""
-        while self.model_runner.execute_broadcast():
-            pass
-
-    def stop_execution_loop(self) -> None:
-        """Legacy driver: releases the followers from execution_loop."""
-        self.model_runner.stop_followers()
-
-    def control_plane_bytes(self) -> int:
-        """Bytes this rank broadcast as step inputs (legacy driver only)."""
-        return self.model_runner.bytes_broadcast
-
-    def check_health(self) -> int:
-        return os.getpid()
+    def check_health(self) -> None:
+        """Answers once the worker can take a step; raises if it cannot."""
+        if self.model_runner is None or self.model_runner.model is None:
+            raise RuntimeError(f"worker rank {self.rank} has no model loaded")
 
     def get_pid(self) -> int:
         return os.getpid()

@@ -37,12 +37,15 @@ KVCache = tuple[torch.Tensor, torch.Tensor]  # key, value: [blocks, Hkv, bs, D]
 
 
 class Attention(nn.Module):
-    def __init__(self, num_heads: int, head_size: int, num_kv_heads: int):
+    def __init__(
+        self, num_heads: int, head_size: int, num_kv_heads: int, kernels: bool = True
+    ):
         super().__init__()
         self.num_heads = num_heads
         self.head_size = head_size
         self.num_kv_heads = num_kv_heads
         self.scale = head_size**-0.5
+        self.kernels = kernels  # use the compiled kernels where they apply
 
     def forward(
         self,
@@ -57,7 +60,9 @@ class Attention(nn.Module):
         k = k.reshape(t, self.num_kv_heads, self.head_size)
         v = v.reshape(t, self.num_kv_heads, self.head_size)
         key_cache, value_cache = kv_cache
-        ops.reshape_and_cache(k, v, key_cache, value_cache, meta.slot_mapping)
+        ops.reshape_and_cache(
+            k, v, key_cache, value_cache, meta.slot_mapping, self.kernels
+        )
         out = torch.empty_like(q)
         d = meta.num_decode_tokens
         if d:
@@ -69,6 +74,7 @@ class Attention(nn.Module):
                 meta.decode_block_tables,
                 meta.decode_context_lens,
                 self.scale,
+                self.kernels,
             )
         for seq in meta.prefills:
             rows = slice(seq.query_start, seq.query_start + seq.query_len)

@@ -33,16 +33,22 @@ def _llama3_inv_freq(inv_freq: torch.Tensor, p: dict) -> torch.Tensor:
 
 
 class RotaryEmbedding(nn.Module):
+    """One cos/sin table for the whole model: every layer rotates by the same
+    positions, so the decoder layers share this module."""
+
     def __init__(
         self,
         head_size: int,
-        max_position: int,
+        max_position: int,  # the engine's max_model_len: no row is wasted
         params: dict,
+        dtype: torch.dtype,  # the activations' dtype, so no cast per call
         is_neox_style: bool = True,
+        kernels: bool = True,
     ):
         super().__init__()
         self.head_size = head_size
         self.is_neox_style = is_neox_style
+        self.kernels = kernels  # use the compiled kernel where it applies
         rot_dim = head_size
         base = params.get("rope_theta", 10000.0)
         exponent = torch.arange(0, rot_dim, 2, dtype=torch.int64).float() / rot_dim
@@ -56,7 +62,7 @@ class RotaryEmbedding(nn.Module):
             raise ValueError(f"rope_type {kind!r} is not supported")
         t = torch.arange(max_position, dtype=torch.int64).float()
         freqs = torch.outer(t, inv_freq)  # [max_position, rot_dim / 2]
-        cache = torch.cat((freqs.cos(), freqs.sin()), dim=-1)
+        cache = torch.cat((freqs.cos(), freqs.sin()), dim=-1).to(dtype)
         self.register_buffer("cos_sin_cache", cache, persistent=False)
 
     def forward(
@@ -70,7 +76,8 @@ class RotaryEmbedding(nn.Module):
             query,
             key,
             self.head_size,
-            self.cos_sin_cache.to(query.dtype),
+            self.cos_sin_cache,
             self.is_neox_style,
+            self.kernels,
         )
         return query, key

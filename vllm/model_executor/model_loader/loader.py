@@ -13,7 +13,7 @@ def get_model(model_config: ModelConfig, tp: TensorParallelGroup) -> nn.Module:
     previous = torch.get_default_dtype()
     torch.set_default_dtype(model_config.dtype)
     try:
-        model = cls(model_config.hf_config, tp)
+        model = cls(model_config, tp)
     finally:
         torch.set_default_dtype(previous)
     if model_config.load_format == "dummy":

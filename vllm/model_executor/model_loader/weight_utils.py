@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import torch
 
+from vllm.config import CHECKPOINT_FORMATS
 from vllm.model_executor.model_loader.gguf_loader import iterate_gguf_weights
 
-LOAD_FORMATS = ("auto", "safetensors", "gguf")
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 SAFETENSORS_SINGLE = "model.safetensors"
 
@@ -80,9 +80,9 @@ def iterate_weights(
     Names are those of the checkpoint (``model.layers.0.self_attn.q_proj.weight``
     ...); a checkpoint with tied embeddings yields no ``lm_head.weight``.
     """
-    if load_format not in LOAD_FORMATS:
+    if load_format not in CHECKPOINT_FORMATS:
         raise ValueError(
-            f"unknown load_format {load_format!r}; expected one of {LOAD_FORMATS}"
+            f"unknown load_format {load_format!r}; expected one of {CHECKPOINT_FORMATS}"
         )
     if not os.path.isdir(model_path):
         raise FileNotFoundError(f"model folder {model_path!r} does not exist")

@@ -1,12 +1,16 @@
 """Llama-architecture decoder (Llama 2/3, SmolLM2, Mistral, Qwen2), built from
-tensor-parallel layers. It reads like the math; sharding lives in the layers."""
+tensor-parallel layers. It reads like the math; sharding lives in the layers.
+
+Sizes come from ``ModelConfig`` (the same numbers the KV cache is sized from);
+only architecture switches (biases, norms' epsilon) are read off the HF config.
+"""
 
 from collections.abc import Iterable
-from typing import Any
 
 import torch
 from torch import nn
 
+from vllm.config import ModelConfig
 from vllm.distributed.parallel_state import TensorParallelGroup
 from vllm.model_executor.layers.activation import SiluAndMul
 from vllm.model_executor.layers.attention import Attention, AttentionMetadata, KVCache
@@ -23,39 +27,35 @@ from vllm.model_executor.layers.vocab_parallel_embedding import (
 )
 
 
-def _head_dim(c: Any) -> int:
-    return getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-
-
-def _has_qkv_bias(c: Any) -> bool:
+def _has_qkv_bias(mc: ModelConfig) -> bool:
+    c = mc.hf_config
     return bool(getattr(c, "attention_bias", False)) or c.model_type == "qwen2"
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, c: Any, tp: TensorParallelGroup):
+    def __init__(
+        self, mc: ModelConfig, tp: TensorParallelGroup, rotary_emb: RotaryEmbedding
+    ):
         super().__init__()
-        head_dim = _head_dim(c)
-        num_kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+        hidden, head_dim = mc.hf_config.hidden_size, mc.head_size
         self.qkv_proj = QKVParallelLinear(
-            c.hidden_size,
+            hidden,
             head_dim,
-            c.num_attention_heads,
-            num_kv_heads,
+            mc.num_attention_heads,
+            mc.num_kv_heads,
             tp,
-            bias=_has_qkv_bias(c),
+            bias=_has_qkv_bias(mc),
         )
         heads, kv_heads = self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads
         self.q_size, self.kv_size = heads * head_dim, kv_heads * head_dim
         self.o_proj = RowParallelLinear(
-            c.num_attention_heads * head_dim,
-            c.hidden_size,
+            mc.num_attention_heads * head_dim,
+            hidden,
             tp,
-            bias=bool(getattr(c, "attention_bias", False)),
+            bias=bool(getattr(mc.hf_config, "attention_bias", False)),
         )
-        self.rotary_emb = RotaryEmbedding(
-            head_dim, c.max_position_embeddings, rope_parameters(c)
-        )
-        self.attn = Attention(heads, head_dim, kv_heads)
+        self.rotary_emb = rotary_emb  # shared by every layer
+        self.attn = Attention(heads, head_dim, kv_heads, mc.use_custom_kernels)
 
     def forward(
         self,
@@ -71,27 +71,35 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, c: Any, tp: TensorParallelGroup):
+    def __init__(self, mc: ModelConfig, tp: TensorParallelGroup):
         super().__init__()
+        c = mc.hf_config
         size = c.intermediate_size
         bias = bool(getattr(c, "mlp_bias", False))
         self.gate_up_proj = MergedColumnParallelLinear(
             c.hidden_size, [size, size], tp, bias=bias
         )
         self.down_proj = RowParallelLinear(size, c.hidden_size, tp, bias=bias)
-        self.act_fn = SiluAndMul()
+        self.act_fn = SiluAndMul(mc.use_custom_kernels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act_fn(self.gate_up_proj(x)))
 
 
+def _rms_norm(mc: ModelConfig) -> RMSNorm:
+    c = mc.hf_config
+    return RMSNorm(c.hidden_size, c.rms_norm_eps, mc.use_custom_kernels)
+
+
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, c: Any, tp: TensorParallelGroup):
+    def __init__(
+        self, mc: ModelConfig, tp: TensorParallelGroup, rotary_emb: RotaryEmbedding
+    ):
         super().__init__()
-        self.self_attn = LlamaAttention(c, tp)
-        self.mlp = LlamaMLP(c, tp)
-        self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+        self.self_attn = LlamaAttention(mc, tp, rotary_emb)
+        self.mlp = LlamaMLP(mc, tp)
+        self.input_layernorm = _rms_norm(mc)
+        self.post_attention_layernorm = _rms_norm(mc)
 
     def forward(
         self,
@@ -112,13 +120,21 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, c: Any, tp: TensorParallelGroup):
+    def __init__(self, mc: ModelConfig, tp: TensorParallelGroup):
         super().__init__()
-        self.embed_tokens = VocabParallelEmbedding(c.vocab_size, c.hidden_size, tp)
-        self.layers = nn.ModuleList(
-            LlamaDecoderLayer(c, tp) for _ in range(c.num_hidden_layers)
+        c = mc.hf_config
+        self.embed_tokens = VocabParallelEmbedding(mc.vocab_size, c.hidden_size, tp)
+        rotary_emb = RotaryEmbedding(
+            mc.head_size,
+            mc.max_model_len,
+            rope_parameters(c),
+            mc.dtype,
+            kernels=mc.use_custom_kernels,
         )
-        self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+        self.layers = nn.ModuleList(
+            LlamaDecoderLayer(mc, tp, rotary_emb) for _ in range(mc.num_layers)
+        )
+        self.norm = _rms_norm(mc)
 
     def forward(
         self,
@@ -145,11 +161,11 @@ _STACKED = [
 
 
 class LlamaForCausalLM(nn.Module):
-    def __init__(self, c: Any, tp: TensorParallelGroup):
+    def __init__(self, mc: ModelConfig, tp: TensorParallelGroup):
         super().__init__()
-        self.config = c
-        self.model = LlamaModel(c, tp)
-        self.lm_head = ParallelLMHead(c.vocab_size, c.hidden_size, tp)
+        self.config = c = mc.hf_config
+        self.model = LlamaModel(mc, tp)
+        self.lm_head = ParallelLMHead(mc.vocab_size, c.hidden_size, tp)
         if getattr(c, "tie_word_embeddings", False):
             self.lm_head.weight = self.model.embed_tokens.weight
 
