@@ -118,7 +118,7 @@ def _mutated(**fields) -> SamplingParams:
 
 # Refused by add_request itself: (prompt, params, exception, text of the message)
 BAD_REQUESTS = [
-    (GOOD, SamplingParams(n=100000), ValueError, "n=100000 completions"),
+    (GOOD, SamplingParams(n=100000), ValueError, "got 100000: 100000 completions"),
     (GOOD, SamplingParams(logprobs=100000), ValueError, "logprobs must be <= 20"),
     (GOOD, SamplingParams(prompt_logprobs=21), ValueError, "prompt_logprobs must"),
     (GOOD, _mutated(temperature=math.nan), ValueError, "temperature must be a fin"),
@@ -199,7 +199,9 @@ def test_rejected_batch_leaves_nothing_and_uses_no_ids(llm, reference):
 def test_issue_reports_fixed(llm, reference):
     """The failures reported in issue 16, as a new user met them."""
     # n=100000 was accepted and generate never returned.
-    with pytest.raises(ValueError, match=r"^n=100000 completions .* lower n"):
+    with pytest.raises(
+        ValueError, match=r"^n must be <= \d+ .* got 100000: .* lower n"
+    ):
         llm.generate(GOOD, SamplingParams(n=100000), use_tqdm=False)
     # logprobs=100000 crashed the step ("selected index k out of range").
     with pytest.raises(ValueError, match=r"^logprobs must be <= 20 \(max_logprobs"):
@@ -245,9 +247,9 @@ def test_n_copies_of_a_long_prompt_must_fit_the_cache(tight):
     with pytest.raises(ValueError) as info:
         engine.add_request("three", prompt, SamplingParams(n=3, **short))
     assert str(info.value).startswith(
-        "n=3 completions of up to 112 tokens (100 prompt + 12 max_tokens) need "
-        "21 KV blocks, but the KV cache holds 16 blocks of 16 tokens, enough for "
-        "n <= 2 here"
+        "n must be <= 2 for this prompt and max_tokens; got 3: 3 completions of up "
+        "to 112 tokens (100 prompt + 12 max_tokens) need 21 KV blocks, but the KV "
+        "cache holds 16 blocks of 16 tokens"
     )
     assert not engine.has_unfinished_requests()
     out = tight.generate(prompt, SamplingParams(n=2, **short), use_tqdm=False)
@@ -256,7 +258,7 @@ def test_n_copies_of_a_long_prompt_must_fit_the_cache(tight):
     full = SamplingParams(n=2, temperature=0.0, max_tokens=None, ignore_eos=True)
     out = tight.generate(prompt, full, use_tqdm=False)
     assert [len(c.token_ids) for c in out[0].outputs] == [28, 28]
-    with pytest.raises(ValueError, match="^n=3 completions of up to 128 tokens"):
+    with pytest.raises(ValueError, match="^n must be <= 2 .* of up to 128 tokens"):
         tight.generate(prompt, SamplingParams(n=3, max_tokens=None), use_tqdm=False)
     assert engine.scheduler.block_manager.num_free_blocks == engine.num_kv_blocks
 
@@ -278,9 +280,9 @@ def test_with_prefix_caching_n_completions_share_the_prompt(tiny_model):
         with pytest.raises(ValueError) as info:
             llm.generate(prompt, SamplingParams(n=11, **short), use_tqdm=False)
         assert str(info.value).startswith(
-            "n=11 completions of up to 112 tokens (100 prompt + 12 max_tokens) "
-            "need 17 KV blocks (6 of them the prompt's, shared), but the KV cache "
-            "holds 16 blocks of 16 tokens, enough for n <= 10 here"
+            "n must be <= 10 for this prompt and max_tokens; got 11: 11 completions "
+            "of up to 112 tokens (100 prompt + 12 max_tokens) need 17 KV blocks, 6 "
+            "prompt blocks shared, but the KV cache holds 16 blocks of 16 tokens"
         )
         assert not engine.has_unfinished_requests()
         assert engine.scheduler.block_manager.num_free_blocks == engine.num_kv_blocks

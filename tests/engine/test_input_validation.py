@@ -174,14 +174,16 @@ def test_n_bounded_by_kv_cache(prompt_len, max_tokens, per_completion):
             "r", _ids(prompt_len), SamplingParams(n=most + 1, max_tokens=max_tokens)
         )
     message = str(info.value)
-    assert message.startswith(f"n={most + 1} completions of up to ")
-    assert f"need {(most + 1) * per_completion} KV blocks" in message
-    assert f"holds 40 blocks of 4 tokens, enough for n <= {most} here" in message
+    assert message.startswith(
+        f"n must be <= {most} for this prompt and max_tokens; got {most + 1}: "
+    )
+    assert f"need {(most + 1) * per_completion} KV blocks, but" in message
+    assert "holds 40 blocks of 4 tokens; lower n, max_tokens" in message
     assert "--kv-cache-space" in message
 
 
 def test_huge_n_refused_at_once():
-    with pytest.raises(ValueError, match=r"^n=100000 completions"):
+    with pytest.raises(ValueError, match=r"^n must be <= 8 .*; got 100000: "):
         _validator().check("r", "a", SamplingParams(n=100000))
 
 
@@ -202,12 +204,14 @@ def test_prefix_caching_counts_shared_prompt_blocks_once(
             "r", _ids(prompt_len), SamplingParams(n=most + 1, max_tokens=max_tokens)
         )
     message = str(info.value)
-    assert f"need {shared + (most + 1) * own} KV blocks" in message
-    assert f"enough for n <= {most} here" in message
+    assert message.startswith(f"n must be <= {most} for this prompt")
+    need = shared + (most + 1) * own
+    via = f", {shared} prompt blocks shared" if shared else ""
+    assert f"need {need} KV blocks{via}, but" in message
     # prompt_logprobs makes each completion compute its whole prompt.
     beyond = 40 // (shared + own) + 1
     with_logprobs = SamplingParams(n=beyond, max_tokens=max_tokens, prompt_logprobs=0)
-    with pytest.raises(ValueError, match=rf"^n={beyond} completions"):
+    with pytest.raises(ValueError, match=rf"^n must be <= \d+ .*; got {beyond}: "):
         v.check("r", _ids(prompt_len), with_logprobs)
     if shared:
         assert v.check(

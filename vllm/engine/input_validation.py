@@ -171,14 +171,14 @@ class InputValidator:
         own = per_completion - shared  # >= 1: the last prompt token's block
         need = shared + n * own
         if need > lim.num_kv_blocks:
-            via = f" ({shared} of them the prompt's, shared)" if shared else ""
+            via = f", {shared} prompt blocks shared" if shared else ""
             raise ValueError(
-                f"n={n} completions of up to {prompt_len + max_tokens} tokens "
-                f"({prompt_len} prompt + {max_tokens} max_tokens) need {need} KV "
-                f"blocks{via}, but the KV cache holds {lim.num_kv_blocks} blocks of "
-                f"{lim.block_size} tokens, enough for n <= "
-                f"{(lim.num_kv_blocks - shared) // own} here; lower n, max_tokens "
-                "or the prompt, or raise --kv-cache-space"
+                f"n must be <= {(lim.num_kv_blocks - shared) // own} for this prompt "
+                f"and max_tokens; got {n}: {n} completions of up to "
+                f"{prompt_len + max_tokens} tokens ({prompt_len} prompt + "
+                f"{max_tokens} max_tokens) need {need} KV blocks{via}, but the KV "
+                f"cache holds {lim.num_kv_blocks} blocks of {lim.block_size} tokens; "
+                "lower n, max_tokens or the prompt, or raise --kv-cache-space"
             )
 
 
