@@ -75,7 +75,7 @@ def test_add_errors_come_before_any_output(engine):
         with pytest.raises(ValueError, match="vocabulary"):
             gen = engine.generate({"prompt_token_ids": [10**6]}, GREEDY, "bad2")
             await gen.__anext__()
-        with pytest.raises(ValueError, match="prompt"):
+        with pytest.raises(TypeError, match="prompt"):  # a wrong type
             await engine.add_request("bad3", 12345, GREEDY)
         stream = await engine.add_request("dup", {"prompt_token_ids": [1, 2]}, GREEDY)
         with pytest.raises(ValueError, match="already in use"):
