@@ -94,5 +94,6 @@ setup(
     python_requires=">=3.11",
     install_requires=read_requirements(requirements_file()),
     ext_modules=[CMakeExtension("vllm._C")],
+    entry_points={"console_scripts": ["vllm = vllm.entrypoints.cli:main"]},
     cmdclass={"build_ext": CMakeBuild},
 )

@@ -18,6 +18,11 @@ TINY_VARIANTS = {
     ),
     "qwen2_bias": ("Qwen2Config", dict(num_attention_heads=4, num_key_value_heads=2)),
     "llama_tp4": ("LlamaConfig", dict(num_attention_heads=8, num_key_value_heads=4)),
+    # The tokenizer's whole vocabulary, so text and chat prompts are valid input.
+    "llama_full_vocab": (
+        "LlamaConfig",
+        dict(num_attention_heads=4, num_key_value_heads=2, vocab_size=49152),
+    ),
     # Llama 3.1-style frequency rescaling of the rotary embedding.
     "llama3_rope": (
         "LlamaConfig",

@@ -1,10 +1,13 @@
-"""Flag combinations are checked once, when the configs are built."""
+"""Flag combinations are checked once, when the configs are built; every engine
+argument's type and range before any process starts."""
 
 import argparse
+import math
+import multiprocessing
 
 import pytest
 
-from vllm import EngineArgs
+from vllm import LLM, EngineArgs
 
 
 @pytest.fixture
@@ -76,6 +79,67 @@ def test_sliding_window_caps_max_model_len(tmp_path):
     # Qwen2 carries a window size but leaves it off.
     qwen = Qwen2Config(sliding_window=64, use_sliding_window=False)
     assert derive_max_model_len(qwen) == qwen.max_position_embeddings
+
+
+# (argument, bad value, exception, start of the message)
+BAD_ENGINE_ARGS = [
+    ("model", None, TypeError, "model must be a string; got NoneType None"),
+    ("tokenizer", 5, TypeError, "tokenizer must be a string or None; got int 5"),
+    ("dtype", 16, TypeError, "dtype must be a string; got int 16"),
+    ("dtype", "int8", ValueError, "dtype must be one of auto,"),
+    ("seed", "0", TypeError, "seed must be an int; got str '0'"),
+    ("seed", 2**64, ValueError, "seed must be in [-9223372036854775808, 9223"),
+    ("max_model_len", 0, ValueError, "max_model_len must be >= 1; got 0"),
+    ("max_model_len", 64.0, TypeError, "max_model_len must be an int or None"),
+    ("max_model_len", 4096, ValueError, "max_model_len must be in [1, 2048] for"),
+    ("block_size", "16", TypeError, "block_size must be an int; got str '16'"),
+    ("block_size", 12, ValueError, "block_size must be a power of two up to 128"),
+    ("max_num_seqs", 0, ValueError, "max_num_seqs must be >= 1; got 0"),
+    ("max_num_seqs", 1.5, TypeError, "max_num_seqs must be an int; got float"),
+    ("max_num_batched_tokens", 0, ValueError, "max_num_batched_tokens must be >="),
+    ("kv_cache_space", math.nan, ValueError, "kv_cache_space must be a finite"),
+    ("kv_cache_space", math.inf, ValueError, "kv_cache_space must be a finite"),
+    ("kv_cache_space", 0, ValueError, "kv_cache_space must be a finite number > 0"),
+    ("kv_cache_space", "4", TypeError, "kv_cache_space must be a number; got str"),
+    ("num_gpu_blocks_override", 0, ValueError, "num_gpu_blocks_override must be"),
+    ("num_gpu_blocks_override", 2.0, TypeError, "num_gpu_blocks_override must be"),
+    ("tensor_parallel_size", 0, ValueError, "tensor_parallel_size must be >= 1"),
+    ("tensor_parallel_size", "2", TypeError, "tensor_parallel_size must be an int"),
+    ("distributed_executor_backend", "k8s", ValueError, "distributed_executor_b"),
+    ("distributed_executor_backend", 1, TypeError, "distributed_executor_backe"),
+    ("load_format", "pt", ValueError, "load_format must be one of ('auto',"),
+    ("enforce_eager", "yes", TypeError, "enforce_eager must be True or False"),
+    ("enable_prefix_caching", 1, TypeError, "enable_prefix_caching must be True or"),
+    ("max_logprobs", -2, ValueError, "max_logprobs must be >= -1; got -2"),
+    ("max_logprobs", 2.0, TypeError, "max_logprobs must be an int; got float"),
+]
+
+
+@pytest.mark.parametrize(
+    "name, value, error, message",
+    BAD_ENGINE_ARGS,
+    ids=[f"{name}={value!r}" for name, value, _, _ in BAD_ENGINE_ARGS],
+)
+def test_bad_engine_argument_refused_before_any_process(
+    clean_env, tiny_model, name, value, error, message
+):
+    kwargs = {"model": tiny_model("llama_gqa"), name: value}
+    with pytest.raises(error) as info:
+        LLM(**kwargs)
+    assert str(info.value).startswith(message), str(info.value)
+    assert multiprocessing.active_children() == []
+
+
+def test_max_logprobs_flag(clean_env, tiny_model):
+    parser = EngineArgs.add_cli_args(argparse.ArgumentParser())
+    path = tiny_model("llama_gqa")
+    for argv, want in [
+        ([], 20),
+        (["--max-logprobs", "5"], 5),
+        (["--max-logprobs=-1"], -1),
+    ]:
+        args = EngineArgs.from_cli_args(parser.parse_args(["--model", path, *argv]))
+        assert args.create_engine_config().model_config.max_logprobs == want
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,7 @@
+import math
+
 import msgspec
+import numpy as np
 import pytest
 
 from vllm.messages import SamplingOptions
@@ -26,6 +29,9 @@ _INVALID = [
     ("presence_penalty", 2.01, {}),
     ("frequency_penalty", -2.01, {}),
     ("frequency_penalty", 3.0, {}),
+    ("seed", 2**63, {}),
+    ("seed", -(2**63) - 1, {}),
+    ("stop_token_ids", [5, -1], {}),
 ]
 
 
@@ -33,6 +39,98 @@ _INVALID = [
 def test_invalid_value_names_field(name, value, extra):
     with pytest.raises(ValueError, match=name):
         SamplingParams(**{name: value}, **extra)
+
+
+_FLOATS = [
+    "temperature",
+    "top_p",
+    "min_p",
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+]
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, 10**400])
+@pytest.mark.parametrize("name", _FLOATS)
+def test_non_finite_floats_rejected(name, value):
+    with pytest.raises(ValueError, match=rf"^{name} must be a finite number; got"):
+        SamplingParams(**{name: value})
+
+
+# (field, value of the wrong type, what the message says is wanted)
+_WRONG_TYPES = [
+    ("n", None, "an int"),
+    ("n", 2.0, "an int"),
+    ("n", True, "an int"),
+    ("top_k", 2.5, "an int"),
+    ("seed", "7", "an int or None"),
+    ("max_tokens", "5", "an int or None"),
+    ("min_tokens", None, "an int"),
+    ("logprobs", 2.5, "an int or None"),
+    ("prompt_logprobs", True, "an int or None"),
+    ("temperature", "hot", "a number"),
+    ("top_p", None, "a number"),
+    ("repetition_penalty", False, "a number"),
+    ("stop", 5, "a list of strings"),
+    ("stop", ["ok", 1], "a string"),
+    ("stop_token_ids", 3, "a list of ints"),
+    ("stop_token_ids", ["a"], "an int"),
+    ("stop_token_ids", [1, True], "an int"),
+    ("ignore_eos", 1, "True or False"),
+    ("skip_special_tokens", None, "True or False"),
+    ("spaces_between_special_tokens", "no", "True or False"),
+    ("include_stop_str_in_output", 0, "True or False"),
+]
+
+
+@pytest.mark.parametrize("name,value,wanted", _WRONG_TYPES)
+def test_wrong_type_names_field_value_and_type(name, value, wanted):
+    with pytest.raises(TypeError) as info:
+        SamplingParams(**{name: value})
+    message = str(info.value)
+    # The field (with the index of a bad list item), what is wanted, what came.
+    assert message.startswith(name) and f"must be {wanted}; got" in message
+    shown = repr(value[-1] if isinstance(value, list) else value)
+    assert message.endswith(shown), message
+
+
+def test_messages_say_what_is_allowed():
+    with pytest.raises(
+        ValueError, match=r"^top_p must be in \(0\.0, 1\.0\]; got 0\.0$"
+    ):
+        SamplingParams(top_p=0)
+    with pytest.raises(ValueError, match=r"^n must be >= 1; got -3$"):
+        SamplingParams(n=-3)
+    with pytest.raises(ValueError, match=r"^stop_token_ids\[1\] must be >= 0; got -1$"):
+        SamplingParams(stop_token_ids=[5, -1])
+    with pytest.raises(ValueError, match=r"^top_k must be -1 \(disabled\) or >= 1"):
+        SamplingParams(top_k=0)
+
+
+def test_numeric_types_canonicalised():
+    params = SamplingParams(
+        n=np.int64(2),
+        temperature=np.float32(0.5),
+        top_k=np.int32(4),
+        top_p=1,
+        seed=np.uint8(9),
+        max_tokens=np.int16(7),
+        stop_token_ids=(np.int64(3),),
+    )
+    assert type(params.n) is int and params.n == 2
+    assert type(params.temperature) is float and params.temperature == 0.5
+    assert type(params.top_k) is int and type(params.top_p) is float
+    assert type(params.seed) is int and type(params.max_tokens) is int
+    assert params.stop_token_ids == [3] and type(params.stop_token_ids[0]) is int
+    # Plain msgspec types, so the options survive the wire.
+    opts = params.to_options(seed=params.seed, eos_token_id=2)
+    assert msgspec.msgpack.decode(msgspec.msgpack.encode(opts), type=type(opts)) == opts
+
+
+def test_seed_bounds_accepted():
+    assert SamplingParams(seed=2**63 - 1).seed == 2**63 - 1
+    assert SamplingParams(seed=-(2**63)).seed == -(2**63)
 
 
 def test_empty_stop_string_rejected():

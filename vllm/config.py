@@ -4,11 +4,14 @@ Values discovered at run time (the number of KV blocks that fit, say) are return
 the component that finds them and never written back here.
 """
 
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from vllm.field_checks import SEED_MAX, SEED_MIN, check_int
 
 _DTYPES = {
     "float32": torch.float32,
@@ -56,8 +59,13 @@ class ModelConfig:
     load_format: str = "auto"
     # Run the compiled vllm._C kernels where they apply (VLLM_USE_CUSTOM_KERNELS).
     use_custom_kernels: bool = True
+    # Most logprobs a request may ask for (logprobs and prompt_logprobs); -1
+    # allows up to the vocabulary size. vLLM's default, the OpenAI API's limit.
+    max_logprobs: int = 20
 
     def __post_init__(self) -> None:
+        check_int("max_logprobs", self.max_logprobs, low=-1)
+        check_int("seed", self.seed, SEED_MIN, SEED_MAX)
         if self.load_format not in LOAD_FORMATS:
             raise ValueError(
                 f"load_format must be one of {LOAD_FORMATS}; got {self.load_format!r}"
@@ -124,9 +132,10 @@ class CacheConfig:
             raise ValueError(
                 f"block_size must be a power of two up to 128; got {self.block_size}"
             )
-        if self.kv_cache_space_gib <= 0:
+        if not 0 < self.kv_cache_space_gib < math.inf:  # NaN fails too
             raise ValueError(
-                f"kv_cache_space must be > 0 GiB; got {self.kv_cache_space_gib}"
+                "kv_cache_space must be a finite number > 0 (GiB); got "
+                f"{self.kv_cache_space_gib}"
             )
         if not 0.0 <= self.watermark < 1.0:
             raise ValueError(f"watermark must be in [0, 1); got {self.watermark}")
@@ -134,7 +143,10 @@ class CacheConfig:
             self.num_gpu_blocks_override is not None
             and self.num_gpu_blocks_override < 1
         ):
-            raise ValueError("num_gpu_blocks_override must be >= 1")
+            raise ValueError(
+                "num_gpu_blocks_override must be >= 1 or None; got "
+                f"{self.num_gpu_blocks_override}"
+            )
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,15 @@ import copy
 import enum
 from dataclasses import dataclass, field
 
+from vllm.field_checks import (
+    SEED_MAX,
+    SEED_MIN,
+    check_bool,
+    check_float,
+    check_int,
+    check_int_list,
+    check_str_list,
+)
 from vllm.messages import SamplingOptions
 
 # Below this temperature sampling is indistinguishable from argmax, and dividing
@@ -22,7 +31,9 @@ class SamplingParams:
     """How to sample the completions of one request (same fields as vLLM).
 
     ``max_tokens=None`` means "until the context is full": the engine resolves it
-    against ``max_model_len``. ``top_k=-1`` disables top-k.
+    against ``max_model_len``. ``top_k=-1`` disables top-k. Limits that depend on
+    the engine (``max_logprobs``, the vocabulary, the KV cache's bound on ``n``)
+    are checked when the request is added (vllm/engine/input_validation.py).
     """
 
     n: int = 1
@@ -48,9 +59,15 @@ class SamplingParams:
     _sampling_type: SamplingType = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        self._normalise()
-        self._verify_ranges()
-        self._verify_lengths()
+        """Checks every field (the engine checks again, with the model's limits,
+        when the request is added: a field may have been changed since)."""
+        self._check_numbers()
+        self._check_lists_and_flags()
+        if self.max_tokens is not None and self.min_tokens > self.max_tokens:
+            raise ValueError(
+                f"min_tokens ({self.min_tokens}) must be <= max_tokens "
+                f"({self.max_tokens})"
+            )
         if self.temperature < _GREEDY_TEMPERATURE:
             self._sampling_type = SamplingType.GREEDY
         elif self.seed is not None:
@@ -58,64 +75,47 @@ class SamplingParams:
         else:
             self._sampling_type = SamplingType.RANDOM
 
-    def _normalise(self) -> None:
-        # Coerce numbers so ints passed for floats (and numpy scalars) behave.
-        for name in (
-            "presence_penalty",
-            "frequency_penalty",
-            "repetition_penalty",
-            "temperature",
-            "top_p",
-            "min_p",
-        ):
-            setattr(self, name, float(getattr(self, name)))
+    def _check_numbers(self) -> None:
+        """Types and ranges; floats must be finite. Stores canonical values
+        (float for an int given as a float, int for a numpy integer)."""
+        self.n = check_int("n", self.n, low=1)
+        self.temperature = check_float("temperature", self.temperature, low=0.0)
+        self.top_p = check_float("top_p", self.top_p, 0.0, 1.0, low_open=True)
+        self.top_k = check_int("top_k", self.top_k)
+        if self.top_k == 0 or self.top_k < -1:
+            raise ValueError(f"top_k must be -1 (disabled) or >= 1; got {self.top_k}")
+        self.min_p = check_float("min_p", self.min_p, 0.0, 1.0)
+        self.repetition_penalty = check_float(
+            "repetition_penalty", self.repetition_penalty, low=0.0, low_open=True
+        )
+        for name in ("presence_penalty", "frequency_penalty"):
+            setattr(self, name, check_float(name, getattr(self, name), -2.0, 2.0))
+        self.seed = check_int("seed", self.seed, SEED_MIN, SEED_MAX, optional=True)
+        self.max_tokens = check_int("max_tokens", self.max_tokens, 1, optional=True)
+        self.min_tokens = check_int("min_tokens", self.min_tokens, low=0)
+        for name in ("logprobs", "prompt_logprobs"):
+            setattr(self, name, check_int(name, getattr(self, name), 0, optional=True))
+
+    def _check_lists_and_flags(self) -> None:
         if self.stop is None:
             self.stop = []
         elif isinstance(self.stop, str):
             self.stop = [self.stop]
         else:
-            self.stop = [str(s) for s in self.stop]
-        if any(s == "" for s in self.stop):
+            self.stop = check_str_list("stop", self.stop)
+        if "" in self.stop:
             # An empty stop string would match before any output exists.
-            raise ValueError("stop strings must be non-empty")
-        self.stop_token_ids = [int(t) for t in self.stop_token_ids or []]
-
-    def _verify_ranges(self) -> None:
-        if self.temperature < 0.0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k == 0 or self.top_k < -1:
-            raise ValueError(
-                f"top_k must be -1 (disabled) or at least 1, got {self.top_k}"
-            )
-        if not 0.0 <= self.min_p <= 1.0:
-            raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
-        if self.repetition_penalty <= 0.0:
-            raise ValueError(
-                f"repetition_penalty must be > 0, got {self.repetition_penalty}"
-            )
-        for name in ("presence_penalty", "frequency_penalty"):
-            value = getattr(self, name)
-            if not -2.0 <= value <= 2.0:
-                raise ValueError(f"{name} must be in [-2, 2], got {value}")
-
-    def _verify_lengths(self) -> None:
-        if self.n < 1:
-            raise ValueError(f"n must be at least 1, got {self.n}")
-        if self.max_tokens is not None and self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}")
-        if self.min_tokens < 0:
-            raise ValueError(f"min_tokens must be >= 0, got {self.min_tokens}")
-        if self.max_tokens is not None and self.min_tokens > self.max_tokens:
-            raise ValueError(
-                f"min_tokens ({self.min_tokens}) must be <= max_tokens "
-                f"({self.max_tokens})"
-            )
-        for name in ("logprobs", "prompt_logprobs"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
+            raise ValueError(f"stop strings must be non-empty; got {self.stop!r}")
+        self.stop_token_ids = check_int_list(
+            "stop_token_ids", self.stop_token_ids or [], low=0
+        )
+        for name in (
+            "ignore_eos",
+            "skip_special_tokens",
+            "spaces_between_special_tokens",
+            "include_stop_str_in_output",
+        ):
+            check_bool(name, getattr(self, name))
 
     @property
     def sampling_type(self) -> SamplingType:

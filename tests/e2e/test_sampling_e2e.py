@@ -34,7 +34,8 @@ def path(tiny_model) -> str:
 
 @pytest.fixture(scope="module")
 def llm(path):
-    engine = _new_llm(path)
+    # Logprobs of the whole vocabulary (the first-token distribution below).
+    engine = _new_llm(path, max_logprobs=-1)
     yield engine
     engine.shutdown()
 

@@ -5,6 +5,8 @@ import argparse
 import dataclasses
 from dataclasses import dataclass
 
+import torch
+
 from vllm import envs
 from vllm.config import (
     EXECUTOR_BACKENDS,
@@ -18,6 +20,7 @@ from vllm.config import (
     derive_max_model_len,
     resolve_dtype,
 )
+from vllm.field_checks import check_bool, check_float, check_int, check_str
 from vllm.transformers_utils.model_resolver import (
     DEFAULT_MODEL,
     load_hf_config,
@@ -44,10 +47,40 @@ class EngineArgs:
     # Accepted for vLLM compatibility and ignored: there is no graph capture on
     # CPU, so every run is eager.
     enforce_eager: bool = False
+    max_logprobs: int = 20
     enable_lora: bool = False
     max_loras: int = 1
     max_lora_rank: int = 16
     max_cpu_loras: int | None = None
+
+    def __post_init__(self) -> None:
+        """Types are checked as soon as the arguments exist, before any model is
+        resolved or process started; the configs built from them check ranges."""
+        check_str("model", self.model)
+        check_str("tokenizer", self.tokenizer, optional=True)
+        if not isinstance(self.dtype, torch.dtype):
+            check_str("dtype", self.dtype)
+        for name in ("seed", "block_size", "max_num_seqs", "tensor_parallel_size"):
+            check_int(name, getattr(self, name))
+        check_int("max_logprobs", self.max_logprobs)
+        # None picks a default, so 0 must not slip through as "unset".
+        for name in ("max_model_len", "max_num_batched_tokens"):
+            check_int(name, getattr(self, name), low=1, optional=True)
+        check_int(
+            "num_gpu_blocks_override", self.num_gpu_blocks_override, optional=True
+        )
+        check_float("kv_cache_space", self.kv_cache_space)
+        check_str(
+            "distributed_executor_backend",
+            self.distributed_executor_backend,
+            optional=True,
+        )
+        check_str("load_format", self.load_format)
+        for name in ("enable_prefix_caching", "enforce_eager", "enable_lora"):
+            check_bool(name, getattr(self, name))
+        check_int("max_loras", self.max_loras)
+        check_int("max_lora_rank", self.max_lora_rank)
+        check_int("max_cpu_loras", self.max_cpu_loras, optional=True)
 
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -86,6 +119,13 @@ class EngineArgs:
             action="store_true",
             help="accepted for compatibility; execution is always eager here",
         )
+        add(
+            "--max-logprobs",
+            type=int,
+            default=d.max_logprobs,
+            help="most logprobs/prompt_logprobs a request may ask for; -1: no cap "
+            "below the vocabulary size",
+        )
         add("--enable-lora", action="store_true", help="serve LoRA adapters")
         add("--max-loras", type=int, default=d.max_loras, help="adapters per step")
         add("--max-lora-rank", type=int, default=d.max_lora_rank)
@@ -116,6 +156,7 @@ class EngineArgs:
             max_model_len=max_len,
             load_format=self.load_format,
             use_custom_kernels=envs.VLLM_USE_CUSTOM_KERNELS,
+            max_logprobs=self.max_logprobs,
         )
         return VllmConfig(
             model_config=model_config,

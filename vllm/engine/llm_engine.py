@@ -9,6 +9,7 @@ from typing import Any
 from vllm.config import VllmConfig
 from vllm.engine.arg_utils import EngineArgs
 from vllm.engine.block_manager import BlockManager
+from vllm.engine.input_validation import InputValidator
 from vllm.engine.output_processor import OutputProcessor, ParentRequest
 from vllm.engine.request import Request, RequestStatus
 from vllm.engine.scheduler import Scheduler, SchedulerOutput
@@ -58,6 +59,9 @@ class LLMEngine:
         self.output_processor = OutputProcessor(
             self.tokenizer, self.tokenizer.eos_token_id, mc.max_model_len
         )
+        self.input_validator = InputValidator.from_config(
+            vllm_config, self.num_kv_blocks, self.tokenizer
+        )
         self._seeds = random.Random(mc.seed)
         self._ids = itertools.count()
         self._child_ids = itertools.count()
@@ -76,17 +80,15 @@ class LLMEngine:
         params: SamplingParams | None = None,
         lora_request: LoRARequest | None = None,
     ) -> None:
-        """Raises ValueError naming the field for bad input; other requests are
+        """Raises ValueError or TypeError naming the field for bad input (see
+        input_validation), before anything is queued; other requests are
         unaffected."""
-        params = params or SamplingParams()
+        checked = self.input_validator.check(request_id, prompt, params)
         lora = self.loras.check(lora_request)
-        text, token_ids = self._tokenize(prompt)
-        self._validate_prompt(token_ids)
         if request_id in self.output_processor.parents:
             raise ValueError(f"request_id {request_id!r} is already in use")
-        mc = self.config.model_config
-        room = mc.max_model_len - len(token_ids)
-        max_tokens = min(params.max_tokens or room, room)
+        params = checked.params
+        token_ids = checked.prompt_token_ids
         children = []
         for i in range(params.n):
             if params.seed is None:
@@ -97,43 +99,14 @@ class LLMEngine:
             child_id = str(next(self._child_ids))
             options = params.to_options(seed, self.tokenizer.eos_token_id)
             children.append(
-                Request(child_id, token_ids, options, max_tokens, lora=lora)
+                Request(child_id, token_ids, options, checked.max_tokens, lora=lora)
             )
         parent = ParentRequest(
-            request_id, text, token_ids, params, lora_request=lora_request
+            request_id, checked.prompt, token_ids, params, lora_request=lora_request
         )
         self.output_processor.add_request(parent, children)
         for req in children:
             self.scheduler.add_request(req)
-
-    def _tokenize(self, prompt: PromptType) -> tuple[str | None, list[int]]:
-        if isinstance(prompt, str):
-            return prompt, self.tokenizer.encode(prompt)
-        if isinstance(prompt, dict):
-            if "prompt_token_ids" in prompt:
-                return prompt.get("prompt"), list(prompt["prompt_token_ids"])
-            if "prompt" in prompt:
-                return self._tokenize(prompt["prompt"])
-        raise ValueError(
-            "prompt must be a string, {'prompt': str} or {'prompt_token_ids': [...]}; "
-            f"got {type(prompt).__name__}"
-        )
-
-    def _validate_prompt(self, token_ids: list[int]) -> None:
-        mc = self.config.model_config
-        if not token_ids:
-            raise ValueError("prompt is empty: prompt_token_ids must not be empty")
-        if len(token_ids) >= mc.max_model_len:
-            raise ValueError(
-                f"prompt length ({len(token_ids)} tokens) must be shorter than "
-                f"max_model_len ({mc.max_model_len})"
-            )
-        bad = [t for t in token_ids if not 0 <= t < mc.vocab_size]
-        if bad:
-            raise ValueError(
-                f"prompt_token_ids holds token id {bad[0]} outside the vocabulary "
-                f"[0, {mc.vocab_size})"
-            )
 
     def abort_request(self, request_id: str | Iterable[str]) -> None:
         ids = [request_id] if isinstance(request_id, str) else list(request_id)

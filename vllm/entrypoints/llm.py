@@ -2,12 +2,14 @@
 
 import time
 from collections.abc import Sequence
+from types import NoneType
 from typing import Any
 
 from tqdm import tqdm
 
 from vllm.engine.arg_utils import EngineArgs
 from vllm.engine.llm_engine import LLMEngine, PromptType
+from vllm.field_checks import shown
 from vllm.lora.request import LoRARequest
 from vllm.outputs import RequestOutput
 from vllm.sampling_params import SamplingParams
@@ -18,6 +20,7 @@ class LLM:
     def __init__(self, model: str = DEFAULT_MODEL, **kwargs: Any):
         engine_args = EngineArgs(model=model, **kwargs)
         self.llm_engine = LLMEngine.from_engine_args(engine_args)
+        self._next_request_id = 0
 
     def get_tokenizer(self):
         return self.llm_engine.get_tokenizer()
@@ -29,13 +32,15 @@ class LLM:
         use_tqdm: bool = True,
         lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
     ) -> list[RequestOutput]:
-        """lora_request: one adapter for every prompt, or one (or None) each."""
-        if isinstance(prompts, str | dict):
-            prompts = [prompts]
+        """All or nothing: if any prompt or parameter set is refused, none of the
+        batch is run (or left behind) and the request ids are not used up.
+        lora_request: one adapter for every prompt, or one (or None) each."""
+        prompts = _as_list("prompts", prompts, (str, dict))
         if sampling_params is None:
             sampling_params = SamplingParams()
         if isinstance(sampling_params, SamplingParams):
             sampling_params = [sampling_params] * len(prompts)
+        sampling_params = _as_list("sampling_params", sampling_params, SamplingParams)
         if len(sampling_params) != len(prompts):
             raise ValueError(
                 f"sampling_params has {len(sampling_params)} entries for "
@@ -43,20 +48,24 @@ class LLM:
             )
         if lora_request is None or isinstance(lora_request, LoRARequest):
             lora_request = [lora_request] * len(prompts)
+        lora_request = _as_list("lora_request", lora_request, (LoRARequest, NoneType))
         if len(lora_request) != len(prompts):
             raise ValueError(
                 f"lora_request has {len(lora_request)} entries for {len(prompts)} "
                 "prompts"
             )
         engine = self.llm_engine
-        ids: list[str] = []
-        try:
-            for prompt, params, lora in zip(prompts, sampling_params, lora_request):
-                ids.append(engine.next_request_id())
-                engine.add_request(ids[-1], prompt, params, lora_request=lora)
-        except Exception:
-            engine.abort_request(ids)  # leave the engine as it was
-            raise
+        ids = [str(self._next_request_id + i) for i in range(len(prompts))]
+        items = zip(prompts, sampling_params, lora_request)
+        for i, (prompt, params, lora) in enumerate(items):
+            try:
+                engine.add_request(ids[i], prompt, params, lora_request=lora)
+            except BaseException as exc:
+                engine.abort_request(ids[:i])  # leave the engine as it was
+                if len(ids) > 1 and type(exc) in (ValueError, TypeError):
+                    raise type(exc)(f"prompts[{i}]: {exc}") from exc
+                raise
+        self._next_request_id += len(ids)
         return self._run(ids, use_tqdm)
 
     def chat(
@@ -132,3 +141,27 @@ class LLM:
 
     def __del__(self) -> None:
         self.shutdown()
+
+
+def _as_list(name: str, value: Any, item_types: type | tuple[type, ...]) -> list:
+    """One item or a list/tuple of items -> a list; anything else is a TypeError
+    naming the argument and its offending element."""
+    if isinstance(value, item_types):
+        return [value]
+    if not isinstance(value, list | tuple):
+        raise TypeError(
+            f"{name} must be {_type_names(item_types)} or a list of them; got "
+            f"{type(value).__name__} {shown(value)}"
+        )
+    for i, item in enumerate(value):
+        if not isinstance(item, item_types):
+            raise TypeError(
+                f"{name}[{i}] must be {_type_names(item_types)}; got "
+                f"{type(item).__name__} {shown(item)}"
+            )
+    return list(value)
+
+
+def _type_names(types: type | tuple[type, ...]) -> str:
+    types = types if isinstance(types, tuple) else (types,)
+    return " or ".join(t.__name__ for t in types)

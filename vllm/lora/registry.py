@@ -3,6 +3,7 @@
 read in the engine process), and names and ids stay one-to-one."""
 
 from vllm.config import LoRAConfig
+from vllm.field_checks import check_int, check_str
 from vllm.lora.peft_loader import inspect_adapter
 from vllm.lora.request import LoRARequest
 from vllm.messages import LoRASpec
@@ -30,16 +31,16 @@ class LoRARegistry:
                 "enable_lora=True (--enable-lora)"
             )
         if not isinstance(lora_request, LoRARequest):
-            raise ValueError(
-                "lora_request must be a vllm.lora.request.LoRARequest; got "
+            raise TypeError(
+                "lora_request must be a vllm.lora.request.LoRARequest or None; got "
                 f"{type(lora_request).__name__}"
             )
-        spec = lora_request.to_spec()
-        lora_id, name = spec.lora_int_id, spec.lora_name
-        if not isinstance(lora_id, int) or isinstance(lora_id, bool) or lora_id < 1:
-            raise ValueError(f"lora_request.lora_int_id must be >= 1; got {lora_id!r}")
-        if not isinstance(name, str) or not name:
-            raise ValueError("lora_request.lora_name must be a non-empty string")
+        lora_id = check_int("lora_request.lora_int_id", lora_request.lora_int_id, 1)
+        name = check_str("lora_request.lora_name", lora_request.lora_name)
+        path = check_str("lora_request.lora_path", lora_request.lora_path)
+        if not name:
+            raise ValueError("lora_request.lora_name must not be empty")
+        spec = LoRASpec(lora_id, name, path)
         known = self._by_id.get(lora_id)
         if known == spec:
             return known

@@ -1,0 +1,196 @@
+"""The engine's front door: every request is checked here, against the model and
+the KV cache, before anything about it is queued. The OpenAI server calls the same
+``LLMEngine.add_request`` and turns ValueError and TypeError into HTTP 400, so each
+message names the field, the value and what is allowed.
+
+What a request must satisfy (README, "Limits and errors"):
+- ``request_id`` is a string; the prompt is a string, ``{"prompt": str}`` or
+  ``{"prompt_token_ids": [int, ...]}`` (with both keys the ids are what the model
+  sees and the text is only echoed back); it is not empty, is shorter than
+  ``max_model_len`` and its ids are in the vocabulary.
+- Every ``SamplingParams`` field is checked again (it may have been changed since it
+  was built), and the engine keeps its own checked copy.
+- ``logprobs`` and ``prompt_logprobs`` are at most ``max_logprobs``
+  (``--max-logprobs``, default 20; -1 allows up to the vocabulary size).
+- ``stop_token_ids`` are in the vocabulary, and hold no EOS when ``ignore_eos``.
+- ``min_tokens`` fits in the room the prompt leaves in ``max_model_len``; a larger
+  ``max_tokens`` is capped at that room (generation ends there with "length", as in
+  vLLM's offline engine) and ``max_tokens=None`` means all of it.
+- The n completions, each at its longest, fit in the KV cache at once (with prefix
+  caching, counting the prompt blocks they share once).
+"""
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from vllm.config import VllmConfig
+from vllm.field_checks import check_int_list, check_str, shown
+from vllm.sampling_params import SamplingParams
+
+_PROMPT_KEYS = ("prompt", "prompt_token_ids")
+_PROMPT_FORMS = "a string, {'prompt': str} or {'prompt_token_ids': [int, ...]}"
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """What a request is checked against: fixed once the KV cache is sized."""
+
+    max_model_len: int
+    vocab_size: int
+    max_logprobs: int  # -1: up to the vocabulary size
+    eos_token_id: int | None
+    block_size: int
+    num_kv_blocks: int
+    prefix_caching: bool = False  # completions share their prompt's full blocks
+
+
+@dataclass(frozen=True)
+class CheckedRequest:
+    prompt: str | None  # the prompt text, if the user gave one
+    prompt_token_ids: list[int]
+    params: SamplingParams  # the engine's own checked copy
+    max_tokens: int  # resolved: never past max_model_len
+
+
+class InputValidator:
+    def __init__(self, limits: RequestLimits, tokenizer: Any):
+        self.limits = limits
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def from_config(
+        cls, config: VllmConfig, num_kv_blocks: int, tokenizer: Any
+    ) -> "InputValidator":
+        mc = config.model_config
+        limits = RequestLimits(
+            max_model_len=mc.max_model_len,
+            vocab_size=mc.vocab_size,
+            max_logprobs=mc.max_logprobs,
+            eos_token_id=tokenizer.eos_token_id,
+            block_size=config.cache_config.block_size,
+            num_kv_blocks=num_kv_blocks,
+            prefix_caching=config.cache_config.enable_prefix_caching,
+        )
+        return cls(limits, tokenizer)
+
+    def check(self, request_id: Any, prompt: Any, params: Any = None) -> CheckedRequest:
+        """Raises TypeError or ValueError for anything the engine cannot run to
+        completion; changes no state."""
+        check_str("request_id", request_id)
+        params = _checked_copy(params)
+        text, raw_ids = self._parse_prompt(prompt)
+        token_ids = self._check_prompt(raw_ids)
+        self._check_logprobs(params)
+        self._check_stop_token_ids(params)
+        room = self.limits.max_model_len - len(token_ids)
+        if params.min_tokens > room:
+            raise ValueError(
+                f"min_tokens ({params.min_tokens}) is more than the {room} tokens "
+                f"left after the prompt ({len(token_ids)} tokens) within "
+                f"max_model_len ({self.limits.max_model_len})"
+            )
+        max_tokens = min(params.max_tokens or room, room)
+        self._check_fits_kv_cache(params, len(token_ids), max_tokens)
+        return CheckedRequest(text, token_ids, params, max_tokens)
+
+    def _parse_prompt(self, prompt: Any) -> tuple[str | None, Any]:
+        """-> (text or None, token ids not yet checked)."""
+        if isinstance(prompt, str):
+            return prompt, self.tokenizer.encode(prompt)
+        if not isinstance(prompt, dict):
+            raise TypeError(
+                f"prompt must be {_PROMPT_FORMS}; got {type(prompt).__name__} "
+                f"{shown(prompt)}"
+            )
+        unknown = [key for key in prompt if key not in _PROMPT_KEYS]
+        if unknown or not prompt:
+            raise ValueError(
+                "prompt dict keys must be 'prompt' and/or 'prompt_token_ids'; "
+                f"got keys {shown(list(prompt))}"
+            )
+        if "prompt_token_ids" not in prompt:
+            text = check_str("prompt", prompt["prompt"])
+            return text, self.tokenizer.encode(text)
+        text = check_str("prompt", prompt.get("prompt"), optional=True)
+        return text, prompt["prompt_token_ids"]
+
+    def _check_prompt(self, raw_ids: Any) -> list[int]:
+        lim = self.limits
+        token_ids = check_int_list(
+            "prompt_token_ids", raw_ids, 0, lim.vocab_size - 1, "the vocabulary"
+        )
+        if not token_ids:
+            raise ValueError("prompt is empty: prompt_token_ids must not be empty")
+        if len(token_ids) >= lim.max_model_len:
+            raise ValueError(
+                f"prompt length ({len(token_ids)} tokens) must be shorter than "
+                f"max_model_len ({lim.max_model_len})"
+            )
+        return token_ids
+
+    def _check_logprobs(self, params: SamplingParams) -> None:
+        lim = self.limits
+        if 0 <= lim.max_logprobs < lim.vocab_size:
+            cap = lim.max_logprobs
+            why = "max_logprobs: raise it with --max-logprobs or LLM(max_logprobs=...)"
+        else:
+            cap, why = lim.vocab_size, "the vocabulary size"
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(params, name)
+            if value is not None and value > cap:
+                raise ValueError(f"{name} must be <= {cap} ({why}); got {value}")
+
+    def _check_stop_token_ids(self, params: SamplingParams) -> None:
+        lim = self.limits
+        ids = params.stop_token_ids
+        check_int_list("stop_token_ids", ids, 0, lim.vocab_size - 1, "the vocabulary")
+        if params.ignore_eos and lim.eos_token_id in ids:
+            raise ValueError(
+                f"stop_token_ids {shown(ids)} holds the EOS token id "
+                f"{lim.eos_token_id} while ignore_eos=True: drop one of the two"
+            )
+
+    def _check_fits_kv_cache(
+        self, params: SamplingParams, prompt_len: int, max_tokens: int
+    ) -> None:
+        """The scheduler runs the n completions as independent requests, so any
+        one of them always fits (the engine refuses to start unless max_model_len
+        does). But if all n cannot be held at once they take turns, each preempting
+        and recomputing the others, and an n like 100000 makes a request that never
+        seems to end. So a request is bounded by what the cache can hold of it at
+        once, every completion at its longest (prompt + max_tokens: a future step
+        may allocate the last token's slot too); this also bounds n by the number
+        of KV blocks. With prefix caching the completions share the prompt's full
+        blocks (all but the one holding its last token, which is always
+        computed), unless prompt_logprobs makes each compute its whole prompt."""
+        lim, n = self.limits, params.n
+        per_completion = -(-(prompt_len + max_tokens) // lim.block_size)
+        shares = lim.prefix_caching and params.prompt_logprobs is None
+        shared = (prompt_len - 1) // lim.block_size if shares else 0
+        own = per_completion - shared  # >= 1: the last prompt token's block
+        need = shared + n * own
+        if need > lim.num_kv_blocks:
+            via = f", {shared} prompt blocks shared" if shared else ""
+            raise ValueError(
+                f"n must be <= {(lim.num_kv_blocks - shared) // own} for this prompt "
+                f"and max_tokens; got {n}: {n} completions of up to "
+                f"{prompt_len + max_tokens} tokens ({prompt_len} prompt + "
+                f"{max_tokens} max_tokens) need {need} KV blocks{via}, but the KV "
+                f"cache holds {lim.num_kv_blocks} blocks of {lim.block_size} tokens; "
+                "lower n, max_tokens or the prompt, or raise --kv-cache-space"
+            )
+
+
+def _checked_copy(params: Any) -> SamplingParams:
+    """A fresh SamplingParams built from the user's fields, so every check runs
+    again and later changes to the user's object do not reach the engine."""
+    if params is None:
+        return SamplingParams()
+    if not isinstance(params, SamplingParams):
+        raise TypeError(
+            "params must be a SamplingParams or None; got "
+            f"{type(params).__name__} {shown(params)}"
+        )
+    fields = dataclasses.fields(params)
+    return type(params)(**{f.name: getattr(params, f.name) for f in fields if f.init})

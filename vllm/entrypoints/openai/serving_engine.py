@@ -1,0 +1,247 @@
+"""What both endpoints share: OpenAI-style errors, model and length checks,
+request -> SamplingParams, submitting prompts, merging their streams, logprobs,
+and noticing a client that left while a non-streaming request ran."""
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from vllm.engine.async_llm_engine import AsyncLLMEngine, EngineDeadError, RequestStream
+from vllm.entrypoints.openai.protocol import (
+    ErrorInfo,
+    ErrorResponse,
+    SamplingFields,
+)
+from vllm.outputs import PositionLogprobs, RequestOutput
+from vllm.sampling_params import SamplingParams
+
+T = TypeVar("T")
+
+
+class OpenAIError(Exception):
+    """Becomes an OpenAI error body with this HTTP status."""
+
+    def __init__(
+        self,
+        message: str,
+        status: int = 400,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ):
+        super().__init__(message)
+        self.status = status
+        self.info = ErrorInfo(message=message, type=type, param=param, code=code)
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(
+            ErrorResponse(error=self.info).model_dump(), status_code=self.status
+        )
+
+    def sse(self) -> str:
+        return sse_event(ErrorResponse(error=self.info))
+
+
+def server_shutting_down(exc: EngineDeadError) -> OpenAIError:
+    return OpenAIError(str(exc), status=503, type="service_unavailable")
+
+
+def sse_event(body: BaseModel | str) -> str:
+    data = body if isinstance(body, str) else body.model_dump_json()
+    return f"data: {data}\n\n"
+
+
+SSE_DONE = "data: [DONE]\n\n"
+
+
+class ClientDisconnected(Exception):
+    pass
+
+
+async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Runs ``work``; if the client disconnects first, cancels it (which aborts
+    its requests) and raises ClientDisconnected."""
+    task = asyncio.ensure_future(work)
+
+    async def client_gone() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(client_gone())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        raise ClientDisconnected
+    return task.result()
+
+
+class OpenAIServing:
+    def __init__(
+        self,
+        engine: AsyncLLMEngine,
+        served_model_names: list[str],
+        max_model_len: int,
+    ):
+        self.engine = engine
+        self.served_model_names = served_model_names
+        self.model_name = served_model_names[0]
+        self.max_model_len = max_model_len
+        self.tokenizer = engine.get_tokenizer()
+
+    def check_model(self, model: str | None) -> None:
+        if model is not None and model not in self.served_model_names:
+            raise OpenAIError(
+                f"The model `{model}` does not exist; this server serves "
+                f"{', '.join(self.served_model_names)}.",
+                param="model",
+                code="model_not_found",
+            )
+
+    def check_unsupported(self, request: BaseModel, fields: dict[str, Any]) -> None:
+        """Rejects fields this server cannot honour (rather than ignoring them
+        and answering something else)."""
+        for name, harmless in fields.items():
+            value = getattr(request, name)
+            if value is not None and value != harmless:
+                raise OpenAIError(f"`{name}` is not supported", param=name)
+
+    def resolve_max_tokens(self, num_prompt_tokens: int, max_tokens: int | None) -> int:
+        """Rejects prompts that leave no room and requests that ask for more
+        tokens than the context holds, with OpenAI's message."""
+        room = self.max_model_len - num_prompt_tokens
+        if room <= 0 or (max_tokens is not None and max_tokens > room):
+            asked = num_prompt_tokens + (max_tokens or 0)
+            raise OpenAIError(
+                f"This model's maximum context length is {self.max_model_len} "
+                f"tokens. However, you requested {asked} tokens "
+                f"({num_prompt_tokens} in the prompt, {max_tokens or 0} for the "
+                "completion). Please reduce the length of the prompt or the "
+                "completion.",
+                param="max_tokens" if room > 0 else "prompt",
+                code="context_length_exceeded",
+            )
+        return room if max_tokens is None else max_tokens
+
+    @staticmethod
+    def sampling_params(
+        request: SamplingFields, max_tokens: int, logprobs: int | None
+    ) -> SamplingParams:
+        # The range of logprobs (0 to --max-logprobs) is the engine's to check.
+        optional = {
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+            "top_k": request.top_k,
+            "min_p": request.min_p,
+            "repetition_penalty": request.repetition_penalty,
+        }
+        try:
+            return SamplingParams(
+                n=request.n,
+                presence_penalty=request.presence_penalty,
+                frequency_penalty=request.frequency_penalty,
+                seed=request.seed,
+                stop=request.stop,
+                stop_token_ids=request.stop_token_ids,
+                ignore_eos=request.ignore_eos,
+                max_tokens=max_tokens,
+                min_tokens=request.min_tokens,
+                logprobs=logprobs,
+                skip_special_tokens=request.skip_special_tokens,
+                spaces_between_special_tokens=request.spaces_between_special_tokens,
+                include_stop_str_in_output=request.include_stop_str_in_output,
+                **{k: v for k, v in optional.items() if v is not None},
+            )
+        except (ValueError, TypeError) as exc:
+            raise OpenAIError(str(exc), param=_named_field(str(exc))) from exc
+
+    async def submit(
+        self,
+        request_id: str,
+        prompts: list[dict[str, Any]],
+        params: list[SamplingParams],
+    ) -> list[RequestStream]:
+        """Adds every prompt; if any is rejected, aborts the others and raises
+        a 400 (503 when the engine is gone)."""
+        adds = [
+            self.engine.add_request(f"{request_id}-{i}", prompt, p)
+            for i, (prompt, p) in enumerate(zip(prompts, params))
+        ]
+        results = await asyncio.gather(*adds, return_exceptions=True)
+        streams = [r for r in results if isinstance(r, RequestStream)]
+        errors = [r for r in results if not isinstance(r, RequestStream)]
+        if errors:
+            for stream in streams:
+                stream.close()
+            error = errors[0]
+            if isinstance(error, EngineDeadError):
+                raise server_shutting_down(error)
+            if isinstance(error, ValueError | TypeError):
+                raise OpenAIError(str(error), param=_named_field(str(error)))
+            raise error
+        return streams
+
+
+async def merge_streams(
+    streams: list[RequestStream],
+) -> AsyncIterator[tuple[int, RequestOutput]]:
+    """(prompt index, output) from every stream as they come; closing early
+    aborts what is left."""
+    if len(streams) == 1:
+        try:
+            async for out in streams[0]:
+                yield 0, out
+        finally:
+            streams[0].close()
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump(index: int, stream: RequestStream) -> None:
+        try:
+            async for out in stream:
+                queue.put_nowait((index, out))
+        except Exception as exc:
+            queue.put_nowait((index, exc))
+        else:
+            queue.put_nowait((index, None))
+
+    tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            index, item = await queue.get()
+            if item is None:
+                remaining -= 1
+            elif isinstance(item, Exception):
+                raise item
+            else:
+                yield index, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        for stream in streams:
+            stream.close()
+
+
+def _named_field(message: str) -> str | None:
+    """The field a SamplingParams/engine message starts with, if any."""
+    head = message.split(" ", 1)[0].split("[", 1)[0]  # stop_token_ids[2] -> ...
+    return head if head.isidentifier() else None
+
+
+def token_text(tokenizer, token_id: int, logprob) -> str:
+    text = getattr(logprob, "decoded_token", None)
+    return text if text is not None else tokenizer.decode([token_id])
+
+
+def top_entries(position: PositionLogprobs, k: int) -> list[tuple[int, Any]]:
+    """The k most likely tokens at a position, best first (the chosen token's
+    entry carries its true rank, the others their place in the top k)."""
+    ranked = sorted(position.items(), key=lambda item: item[1].rank or 0)
+    return [(tok, lp) for tok, lp in ranked if lp.rank is not None and lp.rank <= k]
