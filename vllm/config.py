@@ -205,6 +205,9 @@ class ParallelConfig:
 class SchedulerConfig:
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 8192
+    # Schedule step N+1 before step N's output is read (--async-scheduling):
+    # the engine's CPU work overlaps the workers' forward pass.
+    async_scheduling: bool = False
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:

@@ -52,6 +52,7 @@ class EngineArgs:
     max_loras: int = 1
     max_lora_rank: int = 16
     max_cpu_loras: int | None = None
+    async_scheduling: bool = False
 
     def __post_init__(self) -> None:
         """Types are checked as soon as the arguments exist, before any model is
@@ -76,7 +77,12 @@ class EngineArgs:
             optional=True,
         )
         check_str("load_format", self.load_format)
-        for name in ("enable_prefix_caching", "enforce_eager", "enable_lora"):
+        for name in (
+            "enable_prefix_caching",
+            "enforce_eager",
+            "enable_lora",
+            "async_scheduling",
+        ):
             check_bool(name, getattr(self, name))
         check_int("max_loras", self.max_loras)
         check_int("max_lora_rank", self.max_lora_rank)
@@ -135,6 +141,11 @@ class EngineArgs:
             default=None,
             help="adapters each worker keeps loaded (default: --max-loras)",
         )
+        add(
+            "--async-scheduling",
+            action="store_true",
+            help="schedule the next step while the workers compute this one",
+        )
         return parser
 
     @classmethod
@@ -170,6 +181,7 @@ class EngineArgs:
             scheduler_config=SchedulerConfig(
                 max_num_seqs=self.max_num_seqs,
                 max_num_batched_tokens=self.max_num_batched_tokens or 2048,
+                async_scheduling=self.async_scheduling,
             ),
             lora_config=self._lora_config(),
         )

@@ -17,6 +17,9 @@ from vllm.messages import ExecuteModelRequest, SamplerOutput
 # (it must be importable by name in the worker's process: a module-level function).
 WorkerMethod = str | Callable[..., Any]
 
+# A step in flight: calling it waits for and returns rank 0's SamplerOutput.
+StepResult = Callable[[], SamplerOutput | None]
+
 
 def run_worker_method(
     worker: Any, method: WorkerMethod, args: tuple, kwargs: dict
@@ -73,6 +76,14 @@ class Executor:
 
     def execute_model(self, req: ExecuteModelRequest) -> SamplerOutput:
         return self.collective_rpc("execute_model", (req,))[0]
+
+    def submit_model(self, req: ExecuteModelRequest) -> "StepResult":
+        """Sends one step and returns what waits for its output, so the engine
+        can schedule the next step while the workers compute (async
+        scheduling). Transports that can carry a step in the background
+        override this; by default the step runs to completion here."""
+        out = self.execute_model(req)
+        return lambda: out
 
     def determine_num_available_blocks(self) -> int:
         # Ranks may differ (replicated KV heads); the smallest one bounds all.
