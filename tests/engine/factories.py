@@ -51,11 +51,13 @@ def make_scheduler(
 def fake_output(sched_out: SchedulerOutput, token: int = 7) -> SamplerOutput:
     """What a worker would return: one token for every scheduled request whose
     scheduled tokens reach the end of the tokens it knows (a partial prefill
-    samples nothing). Must be built before update_from_output."""
+    samples nothing). Must be built right after schedule(), before anything
+    else changes the requests: the scheduler counts a sampling row's token as
+    pending, one past the computed tokens."""
     req_ids = [
         req.request_id
-        for req, n in sched_out.scheduled
-        if req.num_computed_tokens + n >= req.num_tokens
+        for req, _ in sched_out.scheduled
+        if req.num_pending and req.num_computed_tokens == req.num_tokens - 1
     ]
     return SamplerOutput(
         req_ids=req_ids,

@@ -1,4 +1,7 @@
 import random
+from collections import deque
+
+import pytest
 
 from tests.engine.factories import (
     make_request,
@@ -220,8 +223,8 @@ def _check_engine_invariants(sched, out, budget, max_seqs):
     held = [b for r in sched.requests.values() for b in r.block_ids]
     assert len(held) == len(set(held))
     assert len(held) + bm.num_free_blocks == bm.num_blocks
-    for req, n in out.scheduled:
-        needed = -(-(req.num_computed_tokens + n) // bm.block_size)
+    for req, _ in out.scheduled:  # computed counts already include the step
+        needed = -(-req.num_computed_tokens // bm.block_size)
         assert len(req.block_ids) == needed
 
 
@@ -239,9 +242,12 @@ def _worker_step(worker, out):
     for state, n in worker.apply(out.request):
         engine_req = next(r for r, _ in out.scheduled if r.request_id == state.req_id)
         assert state.block_ids == engine_req.block_ids
-        assert state.token_ids == engine_req.all_token_ids
+        # Under async scheduling the worker is ahead by the tokens in flight.
+        known = engine_req.num_known_tokens
+        assert state.token_ids[:known] == engine_req.all_token_ids
+        assert len(state.token_ids) <= engine_req.num_tokens
         start = state.num_computed_tokens  # 0 for a fresh copy
-        assert start == engine_req.num_computed_tokens
+        assert start == engine_req.num_computed_tokens - n
         state.num_computed_tokens = start + n
         if start + n == len(state.token_ids):
             # The token depends on the output index only, as a seeded sampler.
@@ -252,7 +258,14 @@ def _worker_step(worker, out):
     return SamplerOutput(ids, tokens, [None] * len(ids))
 
 
-def test_random_workload_keeps_worker_and_engine_in_sync():
+def _stops(token: int) -> bool:
+    return token % 11 == 0  # stands in for EOS or a stop string
+
+
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_random_workload_keeps_worker_and_engine_in_sync(async_scheduling):
+    """With async scheduling the fake worker runs each step as it is sent, and
+    the engine reads its output one step later, as StepQueue does."""
     rng = random.Random(0)
     budget, max_seqs = 24, 4
     sched = make_scheduler(
@@ -268,26 +281,36 @@ def test_random_workload_keeps_worker_and_engine_in_sync():
     ]
     reqs = list(pending)
     worker = RequestStates()
-    for _ in range(500):
-        if not (pending or sched.has_unfinished_requests()):
+    in_flight = deque()
+    for _ in range(800):
+        if not (pending or sched.has_unfinished_requests() or in_flight):
             break
         if pending and rng.random() < 0.4:
             sched.add_request(pending.pop(0))
         out = sched.schedule()
         _check_engine_invariants(sched, out, budget, max_seqs)
-        sampled = _worker_step(worker, out)
-        got = sched.update_from_output(out, sampled)
+        in_flight.append((out, _worker_step(worker, out)))
+        if async_scheduling and len(in_flight) < 2 and sched.has_unfinished_requests():
+            continue
+        got = sched.update_from_output(*in_flight.popleft())
         done = [r for r in got if len(r.output_token_ids) >= r.max_tokens]
+        stopped = [r for r in got if r not in done and _stops(r.output_token_ids[-1])]
         sched.finish_requests(
             [r.request_id for r in done], RequestStatus.FINISHED_LENGTH
+        )
+        sched.finish_requests(
+            [r.request_id for r in stopped], RequestStatus.FINISHED_STOPPED
         )
     assert not pending and not sched.has_unfinished_requests()
     assert sched.num_preemptions > 0  # the workload must exercise preemption
     for req in reqs:
         prompt_len = len(req.prompt_token_ids)
-        expected = [
-            _token_at(req.request_id, prompt_len + i) for i in range(req.max_tokens)
-        ]
+        expected = []
+        for i in range(req.max_tokens):
+            expected.append(_token_at(req.request_id, prompt_len + i))
+            if _stops(expected[-1]):
+                break
         assert req.output_token_ids == expected
+        assert req.num_pending == 0 or req.status.finished
     worker.apply(sched.schedule().request)  # flush the last finished ids
     assert worker.states == {}

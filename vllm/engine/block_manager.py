@@ -156,7 +156,7 @@ class BlockManager:
     def next_key(self, req: Request, num_tokens: int) -> BlockKey | None:
         """Key of the first block req will register once num_tokens are computed
         (None if no block fills by then)."""
-        j = len(req.prefix_ids)
+        j, num_tokens = len(req.prefix_ids), min(num_tokens, req.num_known_tokens)
         if not self.enable_caching or (j + 1) * self.block_size > num_tokens:
             return None
         return self._key(req.all_token_ids, j, req.prefix_ids[-1] if j else _root(req))
@@ -167,7 +167,12 @@ class BlockManager:
         req's chain continues from the registered one's prefix id."""
         if not self.enable_caching:
             return
-        full = min(req.num_computed_tokens // self.block_size, len(req.block_ids))
+        # Under async scheduling num_computed_tokens may count a token still
+        # unknown here; a block is only keyed by tokens the engine knows. (A
+        # block registered while its last step is in flight is safe: any
+        # request that hits it runs in a later step.)
+        computed = min(req.num_computed_tokens, req.num_known_tokens)
+        full = min(computed // self.block_size, len(req.block_ids))
         if len(req.prefix_ids) >= full:
             return
         tokens = req.all_token_ids

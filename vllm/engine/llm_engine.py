@@ -13,6 +13,7 @@ from vllm.engine.input_validation import InputValidator
 from vllm.engine.output_processor import OutputProcessor, ParentRequest
 from vllm.engine.request import Request, RequestStatus
 from vllm.engine.scheduler import Scheduler, SchedulerOutput
+from vllm.engine.step_queue import StepQueue
 from vllm.executor import get_executor_class
 from vllm.logger import init_logger
 from vllm.lora.registry import LoRARegistry
@@ -44,6 +45,9 @@ class LLMEngine:
                 "--max-model-len or raise --kv-cache-space"
             )
         self.executor.initialize_cache(self.num_kv_blocks)
+        self.steps = StepQueue(
+            self.executor, vllm_config.scheduler_config.async_scheduling
+        )
         logger.info("KV cache: %d blocks (%d tokens)", self.num_kv_blocks, capacity)
         self.scheduler = Scheduler(
             vllm_config.scheduler_config,
@@ -122,13 +126,16 @@ class LLMEngine:
 
     def step(self) -> list[RequestOutput]:
         scheduled = self.scheduler.schedule()
-        sampled = self._execute(scheduled)
-        return self._update(scheduled, sampled)
+        done, sampled = self.steps.run(scheduled)  # an older step's, when async
+        return self._update(done, sampled) + self._settle()
 
-    def _execute(self, scheduled: SchedulerOutput) -> SamplerOutput | None:
-        if scheduled.is_empty:
-            return None
-        return self.executor.execute_model(scheduled.request)
+    def _settle(self) -> list[RequestOutput]:
+        """Once every request is done, reads what is still in flight (tokens
+        past a stop, which nobody sees), so an idle engine holds no step and
+        control calls find the workers free."""
+        if self.scheduler.has_unfinished_requests():
+            return []
+        return [o for d, s in self.steps.drain() for o in self._update(d, s)]
 
     def _update(
         self, scheduled: SchedulerOutput, sampled: SamplerOutput | None

@@ -172,7 +172,7 @@ class OutputProcessor:
         if may_stop and stop_str is not None:
             state.stop_reason = stop_str
             return RequestStatus.FINISHED_STOPPED
-        if num_out >= req.max_tokens or req.num_tokens >= self.max_model_len:
+        if num_out >= req.max_tokens or req.num_known_tokens >= self.max_model_len:
             return RequestStatus.FINISHED_LENGTH
         return None
 

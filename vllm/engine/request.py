@@ -44,6 +44,10 @@ class Request:
     # (never sent, or evicted by preemption) and it must travel in full.
     num_blocks_sent: int | None = None
     lora: LoRASpec | None = None  # the adapter it runs with; None: base model
+    # Tokens sampled by steps still in flight (async scheduling): the workers
+    # know them, the engine not yet. Counted in num_tokens so the next step
+    # computes them; never sent (the workers feed their own sampled tokens).
+    num_pending: int = 0
 
     @property
     def lora_int_id(self) -> int:
@@ -51,7 +55,18 @@ class Request:
 
     @property
     def num_tokens(self) -> int:
+        """Known tokens plus those pending in steps in flight."""
+        return self.num_known_tokens + self.num_pending
+
+    @property
+    def num_known_tokens(self) -> int:
         return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+    @property
+    def has_all_tokens_in_flight(self) -> bool:
+        """Every token it may still produce is pending: one more step would
+        only compute a token past max_tokens."""
+        return len(self.output_token_ids) + self.num_pending >= self.max_tokens
 
     @property
     def all_token_ids(self) -> list[int]:

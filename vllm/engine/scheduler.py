@@ -90,6 +90,9 @@ class Scheduler:
         while i < len(self.running) and budget > 0:
             req = self.running[i]
             n = min(req.num_tokens - req.num_computed_tokens, budget)
+            if n == 0 or req.has_all_tokens_in_flight:
+                i += 1  # async scheduling: waits for its step in flight
+                continue
             while not self.block_manager.can_append(req, req.num_computed_tokens + n):
                 victim = self.running.pop()
                 self._preempt(victim)
@@ -106,7 +109,19 @@ class Scheduler:
         # Admitting new work right after preempting would only thrash.
         if not preempted:
             self._admit(scheduled, budget)
-        return SchedulerOutput(self._make_message(scheduled), scheduled)
+        message = self._make_message(scheduled)
+        self._advance(scheduled)
+        return SchedulerOutput(message, scheduled)
+
+    @staticmethod
+    def _advance(scheduled: list[tuple[Request, int]]) -> None:
+        """Counts the scheduled tokens as computed when the step is sent, so the
+        next step can be scheduled before this one's output is read. A row that
+        reaches the last token samples one, pending until the output arrives."""
+        for req, n in scheduled:
+            req.num_computed_tokens += n
+            if req.num_computed_tokens == req.num_tokens:
+                req.num_pending += 1
 
     def _admit(self, scheduled: list[tuple[Request, int]], budget: int) -> None:
         """Admits waiting requests in order while blocks and budget last; one
@@ -198,6 +213,9 @@ class Scheduler:
     def _preempt(self, req: Request) -> None:
         self.block_manager.free(req)
         req.num_computed_tokens = 0
+        # A token in flight is dropped: sampling is a pure function of (seed,
+        # output index), so recomputing samples the same one again.
+        req.num_pending = 0
         req.status = RequestStatus.WAITING
         if req.num_blocks_sent is not None:
             self._evicted.append(req.request_id)
@@ -208,18 +226,22 @@ class Scheduler:
     def update_from_output(
         self, out: SchedulerOutput, sampled: SamplerOutput | None
     ) -> list[Request]:
-        """Records computed tokens and sampled tokens; returns the requests that
-        received a token, in the worker's order."""
-        for req, n in out.scheduled:
-            req.num_computed_tokens += n
-            self.block_manager.cache_full_blocks(req)
-        if sampled is None:
-            return []
+        """Records sampled tokens; returns the requests that received one, in
+        the worker's order. Under async scheduling, a request that finished or
+        was preempted while the step was in flight ignores its token: a
+        finished one never shows it, a preempted one samples it again."""
         got = []
-        for req_id, token in zip(sampled.req_ids, sampled.sampled_token_ids):
-            req = self.requests[req_id]
-            req.output_token_ids.append(token)
-            got.append(req)
+        if sampled is not None:
+            for req_id, token in zip(sampled.req_ids, sampled.sampled_token_ids):
+                req = self.requests.get(req_id)
+                if req is None or req.status != RequestStatus.RUNNING:
+                    continue
+                req.num_pending -= 1
+                req.output_token_ids.append(token)
+                got.append(req)
+        for req, _ in out.scheduled:
+            if req.status == RequestStatus.RUNNING:
+                self.block_manager.cache_full_blocks(req)
         return got
 
     def finish_requests(self, req_ids: Iterable[str], status: RequestStatus) -> None:
