@@ -36,7 +36,6 @@ def run_death(plane: str, rank: int, model: str) -> tuple[dict, str]:
         ("ray", 1),
         ("spmd_mp", 0),
         ("spmd_mp", 1),
-        ("spmd_ray", 0),
         ("spmd_ray", 1),
         ("spmd_graph", 0),
         ("spmd_graph", 1),
