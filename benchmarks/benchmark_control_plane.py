@@ -33,7 +33,7 @@ from benchmark_utils import random_prompts, sampleable_token_ids, write_json
 from vllm.executor import CONTROL_PLANES, control_plane_env
 
 # The paths are the project's control planes (vllm.executor.CONTROL_PLANES); every
-# one but uni runs at TP=2.
+# one but uni runs at --tensor-parallel-size (2).
 PATHS = CONTROL_PLANES
 LEGACY_CPU_NOTE = (
     "engine CPU of mp/ray includes the driver worker's (rank 0) model work, "
@@ -71,6 +71,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--async-scheduling",
         action="store_true",
         help="engine --async-scheduling: one step in flight",
+    )
+    p.add_argument(
+        "--tensor-parallel-size",
+        "-tp",
+        type=int,
+        default=2,
+        help="TP size of every path but uni (1: an SPMD path's cost over uni is "
+        "its transport alone)",
     )
     p.add_argument(
         "--idle-seconds",
@@ -227,7 +235,9 @@ def run_path(name: str, ctx: dict) -> list[dict]:
     with path_env(name):
         llm = LLM(
             ctx["model"],
-            tensor_parallel_size=1 if plane.backend == "uni" else 2,
+            tensor_parallel_size=1
+            if plane.backend == "uni"
+            else ctx["args"].tensor_parallel_size,
             distributed_executor_backend=plane.backend,
             **ctx["engine_kwargs"],
         )
