@@ -109,11 +109,18 @@ def _steps() -> list[ExecuteModelRequest]:
     return [first, decode, decode, decode]
 
 
+def reversed_payload(worker, data: bytes) -> tuple[int, bytes]:
+    """Run on each rank by collective_rpc: a big argument and a big result."""
+    return worker.rank, data[::-1]
+
+
 def test_steps_in_flight_and_control_calls(monkeypatch, tiny_model):
     model = tiny_model("llama_tp4")
     uni = make_llm(monkeypatch, "uni", model, 1, num_gpu_blocks_override=14)
     expected = [uni.llm_engine.executor.execute_model(s) for s in _steps()]
     uni.shutdown()
+    # 10 KB slots: the 1 MB call below and its replies take the socket fallback.
+    monkeypatch.setenv("VLLM_MQ_MAX_CHUNK_BYTES_MB", "0.01")
     llm = make_llm(monkeypatch, "spmd_mp", model, 2, num_gpu_blocks_override=14)
     executor = llm.llm_engine.executor
     steps = _steps()
@@ -122,6 +129,9 @@ def test_steps_in_flight_and_control_calls(monkeypatch, tiny_model):
     assert executor.collective_rpc("determine_num_available_blocks") == [14, 14]
     pending += [executor.submit_model(s) for s in steps[2:]]
     assert [wait() for wait in pending] == expected
+    payload = os.urandom(1 << 20)
+    got = executor.collective_rpc(reversed_payload, (payload,))
+    assert got == [(0, payload[::-1]), (1, payload[::-1])]
     with pytest.raises(RuntimeError, match="LoRA is off"):
         executor.collective_rpc("list_loras")
     # Every rank answered (and failed) that call; the next one finds no leftovers.
