@@ -1,9 +1,14 @@
 """Per-step cost of the control plane: moving a decode step's inputs from the
 engine to the workers, for each executor path, on a model so small (1 layer,
-hidden 64, random weights) that the forward pass is nearly free.
+hidden 64, random weights; ``--num-layers 0``: no layer at all) that the forward
+pass is nearly free.
 
-    python benchmarks/benchmark_control_plane.py --paths uni,spmd_graph \
-        --batch-sizes 1,16 --context-lens 128 --num-steps 10
+    python benchmarks/benchmark_control_plane.py --paths uni,mp,spmd_mp,spmd_ray \
+        --batch-sizes 256 --context-lens 128 --num-steps 20 --num-layers 0
+
+``--async-scheduling`` runs the engine with one step in flight
+(``Executor.submit_model``) where the engine supports it. After a path's sizes,
+its idle CPU (engine and rank processes, ``--idle-seconds``) is printed.
 
 For every (path, batch, context): add ``batch`` prompts of ``context`` tokens,
 step until each has its first token (prefill done), run one untimed decode step,
@@ -28,9 +33,8 @@ from benchmark_utils import random_prompts, sampleable_token_ids, write_json
 from vllm.executor import CONTROL_PLANES, control_plane_env
 
 # The paths are the project's control planes (vllm.executor.CONTROL_PLANES); every
-# one but uni runs at TP=2.
+# one but uni runs at --tensor-parallel-size (2).
 PATHS = CONTROL_PLANES
-KV_BYTES_PER_TOKEN = 2 * 1 * 2 * 16 * 4  # K and V, 1 layer, 2 heads, head 16, fp32
 LEGACY_CPU_NOTE = (
     "engine CPU of mp/ray includes the driver worker's (rank 0) model work, "
     "which runs in the engine process; uni likewise runs its only worker there"
@@ -62,6 +66,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "1 keeps uni comparable: a 2-thread tiny matmul mostly waits on its peer",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-layers", type=int, default=1, help="decoder layers (0: none)")
+    p.add_argument(
+        "--async-scheduling",
+        action="store_true",
+        help="engine --async-scheduling: one step in flight",
+    )
+    p.add_argument(
+        "--tensor-parallel-size",
+        "-tp",
+        type=int,
+        default=2,
+        help="TP size of every path but uni (1: an SPMD path's cost over uni is "
+        "its transport alone)",
+    )
+    p.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=1.0,
+        help="measure each path's idle CPU this long (0: skip)",
+    )
     p.add_argument("--output-json", default="benchmarks/results/control_plane.json")
     args = p.parse_args(argv)
     args.paths = [s.strip() for s in args.paths.split(",") if s.strip()]
@@ -70,15 +94,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"unknown path(s) {unknown}; choose from {list(PATHS)}")
     if args.num_steps < 1 or min(args.batch_sizes + args.context_lens) < 1:
         p.error("--num-steps, batch sizes and context lengths must be >= 1")
+    if args.num_layers < 0:
+        p.error("--num-layers must be >= 0")
     return args
 
 
-def write_tiny_model(folder: str, max_len: int) -> str:
-    """A config-only 1-layer tiny Llama (weights come from load_format="dummy")."""
+def write_tiny_model(folder: str, max_len: int, num_layers: int) -> str:
+    """A config-only tiny Llama (weights come from load_format="dummy")."""
     from vllm.transformers_utils.tiny_model import tiny_config, write_model_folder
 
     config = tiny_config(
-        num_hidden_layers=1, max_position_embeddings=max(8192, max_len)
+        num_hidden_layers=num_layers, max_position_embeddings=max(8192, max_len)
     )
     return write_model_folder(folder, config)
 
@@ -102,8 +128,9 @@ def request_len(batch: int, context: int, budget: int, num_steps: int) -> int:
 
 
 def engine_kwargs(args: argparse.Namespace, sizes: list[tuple[int, int]]) -> dict:
-    """LLM keywords with a KV cache just big enough for the largest size; no
-    request may stop (max_tokens, max_model_len) before its size is measured."""
+    """LLM keywords with a KV cache just big enough for the largest size (as a
+    block count: with no layer a block has no bytes); no request may stop
+    (max_tokens, max_model_len) before its size is measured."""
     block = 16
     budget = max(args.max_num_batched_tokens, 2 * max(b for b, _ in sizes))
     lens = {(b, c): request_len(b, c, budget, args.num_steps) for b, c in sizes}
@@ -117,7 +144,8 @@ def engine_kwargs(args: argparse.Namespace, sizes: list[tuple[int, int]]) -> dic
         max_model_len=max_len,
         max_num_seqs=max(256, max(b for b, _ in sizes)),
         max_num_batched_tokens=max(budget, max_len),
-        kv_cache_space=blocks * block * KV_BYTES_PER_TOKEN / (1 << 30),
+        num_gpu_blocks_override=int(blocks),
+        async_scheduling=args.async_scheduling,
     )
 
 
@@ -207,7 +235,9 @@ def run_path(name: str, ctx: dict) -> list[dict]:
     with path_env(name):
         llm = LLM(
             ctx["model"],
-            tensor_parallel_size=1 if plane.backend == "uni" else 2,
+            tensor_parallel_size=1
+            if plane.backend == "uni"
+            else ctx["args"].tensor_parallel_size,
             distributed_executor_backend=plane.backend,
             **ctx["engine_kwargs"],
         )
@@ -216,9 +246,30 @@ def run_path(name: str, ctx: dict) -> list[dict]:
                 row = measure(llm, name, batch, context, ctx)
                 print_row(row, file=sys.stderr)
                 rows.append(row)
+            if ctx["args"].idle_seconds > 0:
+                idle = idle_cpu(llm, ctx["args"].idle_seconds)
+                print(f"{name}: idle CPU {idle:.1%} of a core", file=sys.stderr)
+                for row in rows:
+                    row["idle_cpu_frac"] = idle
         finally:
             llm.shutdown()
     return rows
+
+
+def idle_cpu(llm: Any, seconds: float) -> float:
+    """Cores the engine and rank processes use while no request is left."""
+    import psutil
+
+    pids = {os.getpid(), *llm.llm_engine.executor.collective_rpc("get_pid")}
+    procs = [psutil.Process(p) for p in pids]
+    time.sleep(0.3)  # past any spin window
+
+    def cpu() -> float:
+        return sum(sum(p.cpu_times()[:2]) for p in procs)
+
+    before, t0 = cpu(), time.monotonic()
+    time.sleep(seconds)
+    return (cpu() - before) / (time.monotonic() - t0)
 
 
 def ensure_ray() -> None:
@@ -266,7 +317,7 @@ def run_all(args: argparse.Namespace, sizes: list, kwargs: dict) -> list[dict]:
     ):
         from vllm.transformers_utils.model_resolver import load_tokenizer
 
-        model = write_tiny_model(folder, kwargs["max_model_len"])
+        model = write_tiny_model(folder, kwargs["max_model_len"], args.num_layers)
         allowed = sampleable_token_ids(load_tokenizer(model), 1024)
         ctx = dict(
             args=args,
@@ -296,7 +347,12 @@ def main(args: argparse.Namespace) -> None:
     rows = run_all(args, sizes, kwargs)
     print_table(rows)
     if args.output_json:
-        settings = ("VLLM_SPMD_STEP_NOTIFIER", "VLLM_SPMD_WORKER_NICENESS")
+        settings = (
+            "VLLM_SPMD_STEP_NOTIFIER",
+            "VLLM_SPMD_WORKER_NICENESS",
+            "VLLM_MQ_MAX_CHUNK_BYTES_MB",
+            "VLLM_MQ_SPIN_US",
+        )
         write_json(
             args.output_json,
             {

@@ -21,14 +21,39 @@ def clean_env(monkeypatch):
     return monkeypatch
 
 
-def test_spmd_with_mp_backend_says_what_to_set(clean_env, tiny_model):
+def test_spmd_with_mp_backend_selects_spawned_ranks(clean_env, tiny_model):
+    from vllm.executor import get_executor_class
+
     clean_env.setenv("VLLM_USE_SPMD_WORKER", "1")
-    args = EngineArgs(
+    config = EngineArgs(
         model=tiny_model("llama_gqa"),
         tensor_parallel_size=2,
         distributed_executor_backend="mp",
+    ).create_engine_config()
+    assert config.parallel_config.use_spmd_worker
+    assert get_executor_class(config).__name__ == "SPMDMultiprocExecutor"
+
+
+@pytest.mark.parametrize(
+    "env, backend, wanted",
+    [
+        ({"VLLM_USE_SPMD_WORKER": "1"}, "uni", "mp or ray"),
+        (
+            {"VLLM_USE_SPMD_WORKER": "1", "VLLM_USE_RAY_COMPILED_DAG": "1"},
+            "mp",
+            "--distributed-executor-backend ray",
+        ),
+        ({"VLLM_MQ_MAX_CHUNK_BYTES_MB": "0"}, "uni", "VLLM_MQ_MAX_CHUNK_BYTES_MB"),
+        ({"VLLM_MQ_SPIN_US": "-1"}, "uni", "VLLM_MQ_SPIN_US"),
+    ],
+)
+def test_spmd_settings_say_what_to_set(clean_env, tiny_model, env, backend, wanted):
+    for key, value in env.items():
+        clean_env.setenv(key, value)
+    args = EngineArgs(
+        model=tiny_model("llama_gqa"), distributed_executor_backend=backend
     )
-    with pytest.raises(ValueError, match="--distributed-executor-backend ray"):
+    with pytest.raises(ValueError, match=wanted):
         args.create_engine_config()
 
 

@@ -162,6 +162,10 @@ class ParallelConfig:
     num_threads_per_worker: int = 0
     spmd_step_notifier: bool = True
     spmd_worker_niceness: int = 0
+    # SPMD over our shared-memory rings (VLLM_MQ_*): slot size in bytes, and how
+    # long a waiting reader spins before it sleeps in the kernel.
+    mq_max_chunk_bytes: int = 4 << 20
+    mq_spin_us: float = 50.0
 
     @property
     def world_size(self) -> int:
@@ -192,13 +196,24 @@ class ParallelConfig:
                 "VLLM_USE_RAY_COMPILED_DAG=1 needs VLLM_USE_SPMD_WORKER=1 as well "
                 "(and --distributed-executor-backend ray)"
             )
-        if self.use_spmd_worker and self.distributed_executor_backend != "ray":
+        if self.use_spmd_worker and self.distributed_executor_backend == "uni":
             raise ValueError(
-                "VLLM_USE_SPMD_WORKER=1 runs every rank as a Ray actor: set "
-                "--distributed-executor-backend ray (got "
-                f"{self.distributed_executor_backend!r}), or unset "
+                "VLLM_USE_SPMD_WORKER=1 runs every rank in its own process: set "
+                "--distributed-executor-backend mp or ray (got 'uni'), or unset "
                 "VLLM_USE_SPMD_WORKER"
             )
+        if self.use_compiled_dag and self.distributed_executor_backend != "ray":
+            raise ValueError(
+                "VLLM_USE_RAY_COMPILED_DAG=1 needs --distributed-executor-backend "
+                f"ray (got {self.distributed_executor_backend!r})"
+            )
+        if self.mq_max_chunk_bytes < 1:
+            raise ValueError(
+                "VLLM_MQ_MAX_CHUNK_BYTES_MB must be > 0; got "
+                f"{self.mq_max_chunk_bytes / (1 << 20)}"
+            )
+        if self.mq_spin_us < 0:
+            raise ValueError(f"VLLM_MQ_SPIN_US must be >= 0; got {self.mq_spin_us}")
 
 
 @dataclass(frozen=True)

@@ -58,13 +58,32 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
     ),
     "VLLM_USE_SPMD_WORKER": (
         lambda: _flag("VLLM_USE_SPMD_WORKER")() or _flag("VLLM_USE_RAY_SPMD_WORKER")(),
-        "Run every rank, rank 0 included, as its own Ray actor (no driver worker in "
-        "the engine process). VLLM_USE_RAY_SPMD_WORKER is accepted as an alias.",
+        "Run every rank, rank 0 included, in its own process (no driver worker in "
+        "the engine process): spawned processes with --distributed-executor-backend "
+        "mp, Ray actors with ray (the default backend then). Steps travel through "
+        "our shared-memory rings (VLLM_MQ_*), or a Ray Compiled Graph with "
+        "VLLM_USE_RAY_COMPILED_DAG. VLLM_USE_RAY_SPMD_WORKER is accepted as an "
+        "alias.",
     ),
     "VLLM_USE_RAY_COMPILED_DAG": (
         _flag("VLLM_USE_RAY_COMPILED_DAG"),
-        "With VLLM_USE_SPMD_WORKER: send each step through a Ray Compiled Graph "
-        "over shared-memory channels instead of plain actor calls.",
+        "With VLLM_USE_SPMD_WORKER and the ray backend: send each step through a "
+        "Ray Compiled Graph over Ray's shared-memory channels instead of our rings.",
+    ),
+    "VLLM_MQ_MAX_CHUNK_BYTES_MB": (
+        _float("VLLM_MQ_MAX_CHUNK_BYTES_MB", 4.0),
+        "Slot size (MiB) of the SPMD shared-memory rings; a larger message goes "
+        "through a local socket instead. 4 holds a step that brings a full batch "
+        "of 256 new requests with prompts of ~2k tokens (msgpack, ~3 bytes a "
+        "token) and any decode step; pages are only touched as far as messages "
+        "reach. Read into ParallelConfig.mq_max_chunk_bytes.",
+    ),
+    "VLLM_MQ_SPIN_US": (
+        _float("VLLM_MQ_SPIN_US", 50.0),
+        "Microseconds a reader of an SPMD ring spins before it sleeps on a futex "
+        "until the writer wakes it. A futex wake-up measured ~30-60 us here, so "
+        "spinning about that long costs at most what sleeping would, and idle "
+        "ranks sleep in the kernel. Read into ParallelConfig.mq_spin_us.",
     ),
     "VLLM_RAY_CGRAPH_SUBMIT_TIMEOUT": (
         _float("VLLM_RAY_CGRAPH_SUBMIT_TIMEOUT", 300.0),

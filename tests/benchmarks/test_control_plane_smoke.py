@@ -1,5 +1,6 @@
 """Smoke test of benchmarks/benchmark_control_plane.py and its plot: the smallest
-grid on the in-process path and the SPMD compiled-graph path, end to end."""
+grid on the in-process path, SPMD over our shared-memory rings (spawned ranks,
+no layer) and the SPMD compiled-graph path, end to end."""
 
 import json
 import os
@@ -14,7 +15,7 @@ BENCHMARKS = os.path.join(REPO, "benchmarks")
 CONTEXT = 64
 NUM = r"([0-9]+(?:\.[0-9]+)?)"
 ROW_RE = re.compile(
-    rf"^(uni|spmd_graph)\s+([0-9]+)\s+([0-9]+)\s+{NUM}\s+{NUM}\s+{NUM}\s+{NUM}\s+{NUM}$",
+    rf"^(uni|spmd_mp|spmd_graph)\s+([0-9]+)\s+([0-9]+)\s+{NUM}\s+{NUM}\s+{NUM}\s+{NUM}\s+{NUM}$",
     re.M,
 )
 
@@ -39,7 +40,9 @@ def bench(tmp_path_factory) -> tuple[str, str]:
     out = str(tmp_path_factory.mktemp("control_plane") / "cp.json")
     stdout = _run(
         "benchmark_control_plane.py",
-        "--paths", "uni,spmd_graph",
+        "--paths", "uni,spmd_mp,spmd_graph",
+        "--num-layers", "0",
+        "--idle-seconds", "0.5",
         "--batch-sizes", "1",
         "--context-lens", str(CONTEXT),
         "--num-steps", "2",
@@ -52,7 +55,7 @@ def bench(tmp_path_factory) -> tuple[str, str]:
 def test_table_and_json_agree_and_are_sane(bench):
     stdout, json_path = bench
     table = {m[0]: [float(x) for x in m[1:]] for m in ROW_RE.findall(stdout)}
-    assert set(table) == {"uni", "spmd_graph"}, stdout
+    assert set(table) == {"uni", "spmd_mp", "spmd_graph"}, stdout
     with open(json_path, encoding="utf-8") as f:
         results = {r["path"]: r for r in json.load(f)["results"]}
     assert set(results) == set(table)
@@ -65,11 +68,15 @@ def test_table_and_json_agree_and_are_sane(bench):
         assert ms > 0 and p50 > 0 and cpu > 0
     # In-process: nothing crosses a process boundary.
     assert table["uni"][4] == 0 and table["uni"][5] == 0
-    graph = results["spmd_graph"]
-    assert graph["bytes_sent_per_step"] > 0 and graph["bytes_back_per_step"] > 0
-    # A decode step is a delta: far fewer bytes than the prompt's token ids,
-    # which the first (prefill) step had to carry in full.
-    assert graph["bytes_sent_per_step"] < CONTEXT
+    for name in ("spmd_mp", "spmd_graph"):
+        spmd = results[name]
+        assert spmd["bytes_sent_per_step"] > 0 and spmd["bytes_back_per_step"] > 0
+        # A decode step is a delta: far fewer bytes than the prompt's token
+        # ids, which the first (prefill) step had to carry in full.
+        assert spmd["bytes_sent_per_step"] < CONTEXT
+    # Idle ranks of the ring sleep in the kernel (a generous cap: the machine
+    # is shared).
+    assert 0 <= results["spmd_mp"]["idle_cpu_frac"] < 0.2
 
 
 @pytest.mark.distributed

@@ -16,7 +16,7 @@ from tests.lora.utils import (
 )
 from vllm import LLM, SamplingParams
 
-PLANES = ["mp", "ray", "spmd_plain", "spmd_graph"]
+PLANES = ["mp", "ray", "spmd_mp", "spmd_ray", "spmd_graph"]
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from tests.conftest import use_control_plane
+from tests.distributed.workloads import tp_requests
 from vllm import LLM, SamplingParams
 from vllm.executor import CONTROL_PLANES
 
@@ -36,18 +37,7 @@ def make_llm(monkeypatch, path_name: str, model: str, tp: int = 2, **kwargs) -> 
 
 def workload(llm: LLM) -> dict[str, list[list[int]]]:
     """Greedy and seeded batches under KV pressure, plus an abort mid-generation."""
-    gen = torch.Generator().manual_seed(3)
-    prompts = [
-        {"prompt_token_ids": torch.randint(3, 1000, (n,), generator=gen).tolist()}
-        for n in (9, 30, 47, 21, 60, 14)
-    ]
-    greedy = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True)
-    seeded = [
-        SamplingParams(
-            temperature=0.9, top_p=0.9, seed=i, max_tokens=40, ignore_eos=True
-        )
-        for i in range(len(prompts))
-    ]
+    prompts, greedy, seeded = tp_requests()
     out = {
         "greedy": [
             o.outputs[0].token_ids for o in llm.generate(prompts, greedy, False)

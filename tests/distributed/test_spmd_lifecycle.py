@@ -1,27 +1,36 @@
-"""Start/stop cycles of the SPMD compiled-graph engine leave no process, no
-/dev/shm file and no traceback behind. Runs in a subprocess that starts (and so
-must stop) its own Ray."""
+"""Start/stop cycles of every SPMD plane leave no process, no /dev/shm entry, no
+temp socket file and no traceback behind, whether the LLM is shut down, collected
+or left to interpreter exit. Each case runs in a subprocess that starts (and so
+must stop) its own Ray when it uses one."""
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 
 import psutil
+import pytest
 
 SCRIPT = textwrap.dedent(
     """
-    import gc, os, sys
+    import gc, json, sys
+    import psutil
     from vllm import LLM, SamplingParams
 
-    def cycle(model, how):
-        llm = LLM(model, tensor_parallel_size=2, distributed_executor_backend="ray",
+    ranks = []  # [pid, start time] of every rank started
+
+    def cycle(model, backend, how):
+        llm = LLM(model, tensor_parallel_size=2, distributed_executor_backend=backend,
                   kv_cache_space=0.01, max_model_len=128)
         out = llm.generate({"prompt_token_ids": [5, 6, 7]},
                            SamplingParams(max_tokens=4), use_tqdm=False)
         assert len(out[0].outputs[0].token_ids) == 4
+        for pid in llm.llm_engine.executor.collective_rpc("get_pid"):
+            ranks.append([pid, psutil.Process(pid).create_time()])
         if how == "shutdown":
             llm.shutdown()
         elif how == "gc":
@@ -30,11 +39,12 @@ SCRIPT = textwrap.dedent(
         return llm if how == "exit" else None
 
     if __name__ == "__main__":
-        model = sys.argv[1]
-        cycle(model, "shutdown")
-        cycle(model, "gc")
-        keep = cycle(model, "exit")  # left for interpreter exit to clean up
-        print("CYCLES-OK", flush=True)
+        model, backend, cycles = sys.argv[1], sys.argv[2], int(sys.argv[3])
+        for _ in range(cycles - 2):
+            cycle(model, backend, "shutdown")
+        cycle(model, backend, "gc")
+        keep = cycle(model, backend, "exit")  # left for interpreter exit to clean up
+        print("RANKS", json.dumps(ranks), flush=True)
     """
 )
 
@@ -52,29 +62,57 @@ def _ray_processes(since: float = 0.0, until: float = float("inf")) -> set[int]:
     return found
 
 
-def test_start_stop_cycles_leave_nothing_behind(tmp_path, tiny_model):
+def _rings(folder: str) -> set[str]:
+    """What our rings could leave in a folder: a segment or a socket file."""
+    return {n for n in os.listdir(folder) if n.startswith("vllm-mq")}
+
+
+def _still_running(procs: list[list]) -> list[int]:
+    """Those of [pid, start time] alive after a grace period for exiting ones."""
+    found = []
+    for pid, started in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc = psutil.Process(pid)
+            if proc.create_time() == started:
+                found.append(proc)
+    _, alive = psutil.wait_procs(found, timeout=10)
+    return [p.pid for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+
+
+@pytest.mark.parametrize(
+    "plane, backend, cycles",
+    [("spmd_graph", "ray", 3), ("spmd_ray", "ray", 3), ("spmd_mp", "mp", 20)],
+)
+def test_start_stop_cycles_leave_nothing_behind(
+    tmp_path, tiny_model, plane, backend, cycles
+):
+    from vllm.executor import control_plane_env
+
     script = tmp_path / "cycles.py"
     script.write_text(SCRIPT)
     shm_before = set(os.listdir("/dev/shm"))
+    tmp_before = _rings(tempfile.gettempdir())
     started = time.time()
-    env = {
-        **os.environ,
-        "VLLM_USE_SPMD_WORKER": "1",
-        "VLLM_USE_RAY_COMPILED_DAG": "1",
-    }
-    env.pop("RAY_ADDRESS", None)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    for key, value in control_plane_env(plane).items():
+        env.pop(key, None)
+        if value is not None:
+            env[key] = value
     proc = subprocess.run(
-        [sys.executable, str(script), tiny_model("llama_tp4")],
+        [sys.executable, str(script), tiny_model("llama_tp4"), backend, str(cycles)],
         capture_output=True,
         text=True,
         env=env,
-        timeout=300,
+        timeout=400,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     ended = time.time()
-    assert "CYCLES-OK" in proc.stdout
     for marker in ("Traceback", "Exception", "Error"):
         assert marker not in proc.stderr, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RANKS ")]
+    ranks = json.loads(lines[-1].split(" ", 1)[1])
+    assert len(ranks) == 2 * cycles
+    assert _still_running(ranks) == []
     # Only what the script's lifetime could have started counts.
     leftovers = []
     for pid in _ray_processes(started, ended):
@@ -83,3 +121,4 @@ def test_start_stop_cycles_leave_nothing_behind(tmp_path, tiny_model):
     psutil.wait_procs(leftovers, timeout=10)  # give exiting processes a moment
     assert _ray_processes(started, ended) == set()
     assert set(os.listdir("/dev/shm")) - shm_before == set()
+    assert _rings(tempfile.gettempdir()) - tmp_before == set()

@@ -31,7 +31,15 @@ def run_death(plane: str, rank: int, model: str) -> tuple[dict, str]:
 
 @pytest.mark.parametrize(
     "plane, rank",
-    [("mp", 1), ("ray", 1), ("spmd_plain", 1), ("spmd_graph", 0), ("spmd_graph", 1)],
+    [
+        ("mp", 1),
+        ("ray", 1),
+        ("spmd_mp", 0),
+        ("spmd_mp", 1),
+        ("spmd_ray", 1),
+        ("spmd_graph", 0),
+        ("spmd_graph", 1),
+    ],
 )
 def test_killed_rank_raises_worker_died_error(tiny_model, plane, rank):
     result, stderr = run_death(plane, rank, tiny_model("llama_tp4"))
@@ -39,7 +47,7 @@ def test_killed_rank_raises_worker_died_error(tiny_model, plane, rank):
     message = result["message"]
     assert message.startswith(f"worker rank(s) [{rank}] died"), message
     assert f"pid {result['pid']}" in message
-    if plane == "mp":  # our own child: its exit status is known
+    if plane in ("mp", "spmd_mp"):  # our own child: its exit status is known
         assert "killed by SIGKILL" in message
     assert result["elapsed_s"] < 10.0
     if plane.startswith("spmd"):

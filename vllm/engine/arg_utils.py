@@ -208,4 +208,6 @@ class EngineArgs:
             num_threads_per_worker=envs.VLLM_CPU_NUM_THREADS,
             spmd_step_notifier=envs.VLLM_SPMD_STEP_NOTIFIER,
             spmd_worker_niceness=envs.VLLM_SPMD_WORKER_NICENESS,
+            mq_max_chunk_bytes=int(envs.VLLM_MQ_MAX_CHUNK_BYTES_MB * (1 << 20)),
+            mq_spin_us=envs.VLLM_MQ_SPIN_US,
         )

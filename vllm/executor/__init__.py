@@ -22,9 +22,17 @@ __all__ = [
 def get_executor_class(vllm_config: VllmConfig) -> type[Executor]:
     pc = vllm_config.parallel_config
     if pc.use_spmd_worker:
-        from vllm.executor.ray_spmd_executor import RaySPMDExecutor
+        if pc.use_compiled_dag:
+            from vllm.executor.ray_spmd_executor import RaySPMDExecutor
 
-        return RaySPMDExecutor
+            return RaySPMDExecutor
+        if pc.distributed_executor_backend == "mp":
+            from vllm.executor.spmd_executor import SPMDMultiprocExecutor
+
+            return SPMDMultiprocExecutor
+        from vllm.executor.spmd_ray_executor import SPMDRayExecutor
+
+        return SPMDRayExecutor
     if pc.distributed_executor_backend == "uni":
         from vllm.executor.uniproc_executor import UniProcExecutor
 
@@ -58,7 +66,9 @@ CONTROL_PLANES = {
     "uni": ControlPlane("uni"),  # one worker inside the engine process
     "mp": ControlPlane("mp"),  # legacy driver worker, other ranks spawned
     "ray": ControlPlane("ray"),  # legacy driver worker, other ranks Ray actors
-    "spmd_plain": ControlPlane("ray", _SPMD, spmd=True),  # plain actor calls
+    # Every rank its own process; steps through our shared-memory rings.
+    "spmd_mp": ControlPlane("mp", _SPMD, spmd=True),  # spawned processes
+    "spmd_ray": ControlPlane("ray", _SPMD, spmd=True),  # Ray actors
     "spmd_graph": ControlPlane(  # a Ray Compiled Graph over shared memory
         "ray", {**_SPMD, "VLLM_USE_RAY_COMPILED_DAG": "1"}, spmd=True
     ),
