@@ -3,10 +3,13 @@ when it is handed every prompt at once.
 
     python benchmarks/benchmark_throughput.py --input-len 128 --output-len 128 \
         --num-prompts 64 [--backend hf --hf-max-batch-size 32 | --backend llama.cpp]
-        [--enable-lora --num-loras 4 --max-loras 4 --max-lora-rank 16]
+        [--enable-lora --num-loras 4 [--max-loras 4] --max-lora-rank 16]
 
 With --num-loras N, N random LoRA adapters for the model are written to a temporary
 folder and each prompt runs with one of them, picked at random (seeded).
+--max-loras defaults to N here (the engine's own default, 1, would hold each
+step to one adapter's requests and so to about 1/N of the batch); an explicit
+--max-loras wins.
 
 Only generation is timed; model loading and engine start-up are not.
 """
@@ -49,6 +52,8 @@ def run_vllm(
 ) -> RunResult:
     from vllm import LLM, SamplingParams
 
+    if args.enable_lora:
+        print(f"LoRA: {args.num_loras} adapters, max_loras={args.max_loras}")
     llm = LLM(**engine_kwargs(args))
     adapters = tempfile.TemporaryDirectory(prefix="vllm-bench-lora-")
     try:
@@ -256,7 +261,10 @@ def make_parser() -> argparse.ArgumentParser:
         help="also print model FLOP utilisation against a fp32 matmul measured now",
     )
     backend_llama_cpp.add_cli_args(parser)
-    return EngineArgs.add_cli_args(parser)
+    parser = EngineArgs.add_cli_args(parser)
+    # None: as many as --num-loras (set in validate), the engine's default without.
+    parser.set_defaults(max_loras=None)
+    return parser
 
 
 def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -272,6 +280,8 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error("--num-loras N >= 1 needs --enable-lora")
     if args.num_loras and args.backend != "vllm":
         parser.error("--num-loras applies to --backend vllm only")
+    if args.max_loras is None:
+        args.max_loras = args.num_loras or EngineArgs.max_loras
     if args.backend == "hf":
         if args.hf_max_batch_size is None or args.hf_max_batch_size < 1:
             parser.error("--backend hf needs --hf-max-batch-size >= 1")

@@ -2,6 +2,7 @@
 batch sizes, split by torch.profiler into op categories.
 
     python benchmarks/profile_step.py [--batch-sizes 1,32,256] [--prompt-len 128]
+        [--enable-lora --num-loras 4 --max-loras 4]
 
 For each batch size B: B random prompts are added to an idle engine; its first
 step (a prefill: as many prompts as --max-num-batched-tokens holds) is profiled;
@@ -21,7 +22,9 @@ and writes JSON.
 
 import argparse
 import dataclasses
+import itertools
 import statistics
+import tempfile
 import time
 from collections import defaultdict
 from typing import Any
@@ -33,6 +36,7 @@ from benchmark_utils import (
     random_prompts,
     sampleable_token_ids,
     write_json,
+    write_random_adapters,
 )
 
 from vllm import EngineArgs, LLMEngine, SamplingParams
@@ -183,11 +187,16 @@ def _profiled(engine: LLMEngine, steps: int, with_stack: bool):
     return runs, ms, dict(top), wall
 
 
-def _add(engine: LLMEngine, prompts: list[list[int]], params: SamplingParams):
+def _add(
+    engine: LLMEngine,
+    prompts: list[list[int]],
+    params: SamplingParams,
+    loras: list[Any],  # LoRARequests the prompts take in turn; [] for none
+):
     ids = []
-    for p in prompts:
+    for p, lora in zip(prompts, itertools.cycle(loras or [None])):
         ids.append(engine.next_request_id())
-        engine.add_request(ids[-1], {"prompt_token_ids": p}, params)
+        engine.add_request(ids[-1], {"prompt_token_ids": p}, params, lora_request=lora)
     return ids
 
 
@@ -203,6 +212,7 @@ def profile_batch(
     prompts: list[list[int]],
     others: list[list[int]],  # as many prompts, as long, for the unprofiled prefill
     args: argparse.Namespace,
+    loras: list[Any],  # LoRARequests the prompts take in turn; [] for none
 ) -> list[StepProfile]:
     d = args.decode_steps
     # The first requests decode while later ones still prefill: none may finish
@@ -217,10 +227,10 @@ def profile_batch(
     )
     # Unprofiled prefill first (it also warms up this batch's shapes), of other
     # prompts, so that no prefix cache can shorten the profiled one.
-    ids = _add(engine, others, params)
+    ids = _add(engine, others, params, loras)
     bare_prefill = _timed_step(engine)[0]
     engine.abort_request(ids)
-    ids = _add(engine, prompts, params)
+    ids = _add(engine, prompts, params, loras)
     runs, ms, top, wall = _profiled(engine, 1, args.with_stack)
     _, tokens, seqs = runs[0]
     prefill = StepProfile(
@@ -276,13 +286,16 @@ def main(args: argparse.Namespace) -> None:
     vocab_size, _ = model_limits(args)
     allowed = sampleable_token_ids(tokenizer, vocab_size)
     engine = LLMEngine.from_engine_args(EngineArgs.from_cli_args(args))
+    adapters = tempfile.TemporaryDirectory(prefix="vllm-profile-lora-")
     try:
+        loras = write_random_adapters(args, adapters.name) if args.num_loras else []
         profiles = []
         for b in args.batch_sizes:
             prompts = random_prompts(allowed, 2 * b, args.prompt_len, args.seed + b)
-            profiles += profile_batch(engine, prompts[:b], prompts[b:], args)
+            profiles += profile_batch(engine, prompts[:b], prompts[b:], args, loras)
     finally:
         engine.shutdown()
+        adapters.cleanup()
     profiles.sort(key=lambda p: (p.kind != "prefill", p.batch))
     print(markdown(profiles))
     for p in profiles if args.top_ops else ():
@@ -319,6 +332,13 @@ def make_parser() -> argparse.ArgumentParser:
         "(VLLM_USE_CUSTOM_KERNELS=0); adds profiler overhead",
     )
     add("--top-ops", action="store_true", help="also print the top ops per category")
+    add(
+        "--num-loras",
+        type=int,
+        default=0,
+        help="random LoRA adapters, taken in turn by the prompts (needs "
+        "--enable-lora; --max-loras as many for one step to hold them all)",
+    )
     add("--output-json", type=str, default="benchmarks/results/profile_step.json")
     parser = EngineArgs.add_cli_args(parser)
     parser.set_defaults(dtype="float32")
@@ -329,4 +349,6 @@ if __name__ == "__main__":
     _args = make_parser().parse_args()
     if max(_args.batch_sizes) > _args.max_num_seqs:
         raise SystemExit("--max-num-seqs must hold the largest batch size")
+    if _args.num_loras and not _args.enable_lora:
+        raise SystemExit("--num-loras needs --enable-lora")
     main(_args)

@@ -256,6 +256,22 @@ def test_throughput_accepts_good_flags(bench):
     assert args.hf_max_batch_size == 2 and args.tensor_parallel_size == 1
 
 
+def test_throughput_max_loras_defaults_to_num_loras(bench):
+    """With the engine's max_loras=1, four adapters would run a quarter of the
+    batch per step; an explicit --max-loras still wins."""
+    module = bench[1]
+    parser = module.make_parser()
+    lora = ["--input-len", "8", "--output-len", "4", "--enable-lora"]
+    for extra, want in [
+        (["--num-loras", "4"], 4),
+        (["--num-loras", "4", "--max-loras", "2"], 2),
+        ([], 1),
+    ]:
+        args = parser.parse_args([*lora, *extra])
+        module.validate(parser, args)
+        assert args.max_loras == want
+
+
 def test_throughput_with_random_lora_adapters(tiny_dummy_model, tmp_path_factory):
     """Each prompt runs with one of two random adapters; the lines still parse
     and count every token."""

@@ -104,3 +104,16 @@ def test_torch_fallbacks_are_attributed_by_frame():
     assert profile_step.classify_op("aten::matmul", stack) == "attn_decode"
     assert profile_step.classify_op("aten::matmul", []) == "linear"
     assert profile_step.classify_op("aten::add", []) == "other_ops"
+
+
+def test_profile_with_lora_adapters(tiny_model, tmp_path):
+    """Prompts take two random adapters in turn; every decode step still runs
+    the whole batch (max_loras holds both adapters)."""
+    out = tmp_path / "profile.json"
+    argv = ["--model", tiny_model("llama_gqa"), "--batch-sizes", "4"]
+    argv += ["--prompt-len", "12", "--decode-steps", "1", "--kv-cache-space", "0.05"]
+    argv += ["--enable-lora", "--num-loras", "2", "--max-loras", "2"]
+    argv += ["--max-lora-rank", "8", "--output-json", str(out)]
+    profile_step.main(profile_step.make_parser().parse_args(argv))
+    steps = json.loads(out.read_text())["steps"]
+    assert [(s["kind"], s["seqs"]) for s in steps] == [("prefill", 4), ("decode", 4)]

@@ -99,6 +99,7 @@ def _reference(kind: str, x: torch.Tensor, row_slots: list[int]) -> torch.Tensor
     [
         [0, 2, -1, 1, 1, 0, -1, 2, 2, 0],  # mixed, with base-model rows
         [1, 1, 1, 1],  # one adapter for the whole batch: no gather
+        [-1, 0, 0, 2, -1, 0, 2, 2],  # runs, as the model runner orders rows
         [-1, -1, -1],  # no adapter at all
     ],
 )
@@ -109,11 +110,20 @@ def test_mixed_batch_equals_row_by_row_math(kind, row_slots):
     torch.testing.assert_close(layer(x), _reference(kind, x, row_slots))
 
 
-def test_batch_groups_rows_by_slot():
+def test_batch_groups_scattered_rows_by_slot():
     batch = LoRABatch()
-    batch.set(torch.tensor([2, -1, 0, 2, 0, -1]), 3)
-    assert batch.groups == [(0, 0, 2), (2, 2, 4)]
-    assert batch.rows.tolist() == [2, 4, 0, 3]
+    batch.set(torch.tensor([2, -1, 0, 2, 0, -1, 2, 0]), 3)
+    assert batch.groups == [(0, 0, 3), (2, 3, 6)]
+    assert batch.rows.tolist() == [2, 4, 7, 0, 3, 6]
+
+
+def test_batch_uses_runs_of_ordered_rows_in_place():
+    """Rows ordered by adapter within decodes and within prompt chunks: each
+    slot's rows are used where they are, no gather."""
+    batch = LoRABatch()
+    batch.set(torch.tensor([-1, 0, 0, 2, -1, 0, 2, 2]), 3)
+    assert batch.rows is None
+    assert batch.groups == [(0, 1, 3), (2, 3, 4), (0, 5, 6), (2, 6, 8)]
 
 
 def _column_shards(kind: str, out: torch.Tensor, tp_size: int) -> list:

@@ -12,9 +12,11 @@ the way the base layer is:
   Each rank adds B @ (A_shard @ x_shard) to its partial sum before the all-reduce,
   which adds the ranks' parts into the full delta along with the base output.
 
-Per step, ``LoRABatch`` groups the rows by slot (rows of one adapter gathered
-together); each layer then runs two matmuls per adapter in the step, never a loop
-over tokens, and adds the result back with one scatter.
+Per step, ``LoRABatch`` splits the rows into runs of one slot. The model runner
+orders a step's rows by adapter (within the single-token queries and within the
+prompt chunks), so each adapter has at most two runs: each layer then adds two
+matmuls per run straight into its output rows, never a loop over tokens. Rows in
+any other order are gathered by slot and added back with one scatter.
 """
 
 import torch
@@ -30,23 +32,39 @@ class LoRABatch:
 
     def __init__(self) -> None:
         self.groups: list[tuple[int, int, int]] = []  # (slot, start, end) in rows
-        # Rows using an adapter, sorted by slot; None when that is every row in
-        # order (one adapter for the whole batch): no gather, no scatter.
+        # None when groups index the batch rows themselves (rows already come in
+        # runs of one slot: no gather, no scatter); else the rows using an
+        # adapter, sorted by slot, which groups then index.
         self.rows: torch.Tensor | None = None
 
     def set(self, row_slots: torch.Tensor, num_slots: int) -> None:
         """row_slots: [T] int64, the slot of each row, -1 for the base model."""
+        runs = _runs(row_slots)
         counts = torch.bincount(row_slots + 1, minlength=num_slots + 1).tolist()
+        num_used = sum(1 for c in counts[1:] if c)
+        # Up to two runs per slot: decode rows, then prompt-chunk rows.
+        if len(runs) <= 2 * num_used:
+            self.groups, self.rows = runs, None
+            return
         self.groups, start = [], 0
         for slot, count in enumerate(counts[1:]):
             if count:
                 self.groups.append((slot, start, start + count))
                 start += count
-        if not self.groups or (len(self.groups) == 1 and counts[0] == 0):
-            self.rows = None
-        else:
-            order = torch.argsort(row_slots, stable=True)
-            self.rows = order[counts[0] :]
+        order = torch.argsort(row_slots, stable=True)
+        self.rows = order[counts[0] :]
+
+
+def _runs(row_slots: torch.Tensor) -> list[tuple[int, int, int]]:
+    """(slot, start, end) of each run of equal slots >= 0, in row order."""
+    if not len(row_slots):
+        return []
+    starts = [0] + (torch.nonzero(row_slots[1:] != row_slots[:-1]) + 1).view(
+        -1
+    ).tolist()
+    ends = starts[1:] + [len(row_slots)]
+    slots = row_slots[starts].tolist()
+    return [(s, a, b) for s, a, b in zip(slots, starts, ends) if s >= 0]
 
 
 class LoRALinear(nn.Module):
@@ -114,10 +132,10 @@ class LoRALinear(nn.Module):
         if not batch.groups:
             return
         rows = batch.rows
-        if rows is None:  # one adapter for every row
-            slot = batch.groups[0][0]
-            shrunk = torch.mm(x, self.lora_a[slot].t())
-            out.addmm_(shrunk, self.lora_b[slot].t())
+        if rows is None:  # runs of one slot in the batch rows themselves
+            for slot, start, end in batch.groups:
+                shrunk = torch.mm(x[start:end], self.lora_a[slot].t())
+                out[start:end].addmm_(shrunk, self.lora_b[slot].t())
             return
         xs = x.index_select(0, rows)
         ys = torch.empty(xs.shape[0], out.shape[1], dtype=out.dtype)

@@ -109,7 +109,9 @@ class ModelRunner:
         self, scheduled: list[tuple[CachedRequestState, int]]
     ) -> ModelInput:
         # Single-token queries first: the attention layer batches them in one call.
-        ordered = sorted(scheduled, key=lambda item: item[1] != 1)
+        # Then by adapter, so each LoRA layer finds an adapter's rows in (at most
+        # two) runs it uses in place.
+        ordered = sorted(scheduled, key=_row_order)
         ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
@@ -173,6 +175,11 @@ class ModelRunner:
                 [logprobs_at(logprobs[i], tok, k) for i, tok in enumerate(nxt)],
             )
         return out
+
+
+def _row_order(item: tuple[CachedRequestState, int]) -> tuple[bool, int]:
+    state, n = item
+    return n != 1, 0 if state.lora is None else state.lora.lora_int_id
 
 
 def _pad_tables(tables: list[list[int]]) -> torch.Tensor:  # -> [B, max_blocks] int32
