@@ -208,4 +208,5 @@ class EngineArgs:
             num_threads_per_worker=envs.VLLM_CPU_NUM_THREADS,
             spmd_step_notifier=envs.VLLM_SPMD_STEP_NOTIFIER,
             spmd_worker_niceness=envs.VLLM_SPMD_WORKER_NICENESS,
+            spmd_graph_idle_teardown_s=envs.VLLM_RAY_CGRAPH_IDLE_TEARDOWN_S,
         )
