@@ -9,6 +9,13 @@ For every (path, batch, context): add ``batch`` prompts of ``context`` tokens,
 step until each has its first token (prefill done), run one untimed decode step,
 then time ``--num-steps`` decode steps. Bytes are counted over the warm-up and
 timed steps.
+
+After a path's last size, its idle cost: the CPU the engine process and every
+worker process use together (% of one core) over ``--idle-seconds``, starting
+2 s after the last step, then how long the first step after that idle period
+takes next to a warm one. For spmd_graph, which tears its compiled graph down
+when idle (VLLM_RAY_CGRAPH_IDLE_TEARDOWN_S), the rebuild (compile) and teardown
+times are printed too.
 """
 
 import argparse
@@ -24,6 +31,7 @@ from typing import Any
 from unittest import mock
 
 from benchmark_utils import random_prompts, sampleable_token_ids, write_json
+from control_plane_idle import header, measure_idle, print_idle_table
 
 from vllm.executor import CONTROL_PLANES, control_plane_env
 
@@ -61,6 +69,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="torch threads per rank (VLLM_CPU_NUM_THREADS; 0: engine default). "
         "1 keeps uni comparable: a 2-thread tiny matmul mostly waits on its peer",
     )
+    p.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=5.0,
+        help="seconds over which idle CPU is measured, after a 2 s pause "
+        "(0: skip the idle measurement)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output-json", default="benchmarks/results/control_plane.json")
     args = p.parse_args(argv)
@@ -70,6 +85,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"unknown path(s) {unknown}; choose from {list(PATHS)}")
     if args.num_steps < 1 or min(args.batch_sizes + args.context_lens) < 1:
         p.error("--num-steps, batch sizes and context lengths must be >= 1")
+    if not args.idle_seconds >= 0:
+        p.error("--idle-seconds must be >= 0")
     return args
 
 
@@ -197,13 +214,13 @@ def measure(llm: Any, name: str, batch: int, context: int, ctx: dict) -> dict:
     )
 
 
-def run_path(name: str, ctx: dict) -> list[dict]:
+def run_path(name: str, ctx: dict) -> tuple[list[dict], dict | None]:
     from vllm import LLM
 
     plane = PATHS[name]
     if plane.backend == "ray":
         ensure_ray()
-    rows = []
+    rows, idle = [], None
     with path_env(name):
         llm = LLM(
             ctx["model"],
@@ -216,9 +233,11 @@ def run_path(name: str, ctx: dict) -> list[dict]:
                 row = measure(llm, name, batch, context, ctx)
                 print_row(row, file=sys.stderr)
                 rows.append(row)
+            if ctx["args"].idle_seconds:
+                idle = measure_idle(llm, name, ctx["args"].idle_seconds)
         finally:
             llm.shutdown()
-    return rows
+    return rows, idle
 
 
 def ensure_ray() -> None:
@@ -246,18 +265,16 @@ def print_row(row: dict, file=sys.stdout) -> None:
 
 
 def print_table(rows: list[dict]) -> None:
-    header = []
-    for title, fmt, _ in COLUMNS:
-        width = int("".join(ch for ch in fmt.split(".")[0] if ch.isdigit()))
-        header.append(title.ljust(width) if "<" in fmt else title.rjust(width))
-    print(" ".join(header))
+    print(header(COLUMNS))
     for row in rows:
         print_row(row)
     print(f"note: {LEGACY_CPU_NOTE}")
     print("note: SPMD bytes are counted once per step; every rank gets the same frame")
 
 
-def run_all(args: argparse.Namespace, sizes: list, kwargs: dict) -> list[dict]:
+def run_all(
+    args: argparse.Namespace, sizes: list, kwargs: dict
+) -> tuple[list[dict], list[dict]]:
     # Set before Ray starts, so its actors inherit the thread count too.
     threads = {"VLLM_CPU_NUM_THREADS": str(args.threads_per_worker)}
     with (
@@ -275,15 +292,17 @@ def run_all(args: argparse.Namespace, sizes: list, kwargs: dict) -> list[dict]:
             engine_kwargs=kwargs,
             allowed_ids=allowed,
         )
-        rows = []
+        rows, idle = [], []
         try:
             for name in args.paths:
-                rows.extend(run_path(name, ctx))
+                path_rows, path_idle = run_path(name, ctx)
+                rows.extend(path_rows)
+                idle.extend([path_idle] if path_idle else [])
         finally:
             ray = sys.modules.get("ray")
             if ray is not None and ray.is_initialized():
                 ray.shutdown()
-        return rows
+        return rows, idle
 
 
 def main(args: argparse.Namespace) -> None:
@@ -293,10 +312,16 @@ def main(args: argparse.Namespace) -> None:
     if not sizes:
         raise SystemExit("no (batch, context) size left after --max-total-tokens")
     kwargs = engine_kwargs(args, sizes)
-    rows = run_all(args, sizes, kwargs)
+    rows, idle = run_all(args, sizes, kwargs)
     print_table(rows)
+    if idle:
+        print_idle_table(idle)
     if args.output_json:
-        settings = ("VLLM_SPMD_STEP_NOTIFIER", "VLLM_SPMD_WORKER_NICENESS")
+        settings = (
+            "VLLM_SPMD_STEP_NOTIFIER",
+            "VLLM_SPMD_WORKER_NICENESS",
+            "VLLM_RAY_CGRAPH_IDLE_TEARDOWN_S",
+        )
         write_json(
             args.output_json,
             {
@@ -305,6 +330,7 @@ def main(args: argparse.Namespace) -> None:
                 "env": {name: getattr(envs, name, None) for name in settings},
                 "notes": [LEGACY_CPU_NOTE],
                 "results": rows,
+                "idle": idle,
             },
         )
 
