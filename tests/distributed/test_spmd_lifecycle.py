@@ -1,6 +1,7 @@
 """Start/stop cycles of the SPMD compiled-graph engine leave no process, no
-/dev/shm file and no traceback behind. Runs in a subprocess that starts (and so
-must stop) its own Ray."""
+/dev/shm file and no traceback behind, whether the engine is closed with its
+compiled graph up or after the graph was torn down for being idle. Runs in a
+subprocess that starts (and so must stop) its own Ray."""
 
 import contextlib
 import os
@@ -13,15 +14,17 @@ import psutil
 
 SCRIPT = textwrap.dedent(
     """
-    import gc, os, sys
+    import gc, os, sys, time
     from vllm import LLM, SamplingParams
 
-    def cycle(model, how):
+    def cycle(model, how, idle_s=0.0):
         llm = LLM(model, tensor_parallel_size=2, distributed_executor_backend="ray",
                   kv_cache_space=0.01, max_model_len=128)
         out = llm.generate({"prompt_token_ids": [5, 6, 7]},
                            SamplingParams(max_tokens=4), use_tqdm=False)
         assert len(out[0].outputs[0].token_ids) == 4
+        time.sleep(idle_s)  # past VLLM_RAY_CGRAPH_IDLE_TEARDOWN_S: graph down
+        assert (llm.llm_engine.executor.graph_stats.idle_teardowns > 0) == (idle_s > 0)
         if how == "shutdown":
             llm.shutdown()
         elif how == "gc":
@@ -32,8 +35,9 @@ SCRIPT = textwrap.dedent(
     if __name__ == "__main__":
         model = sys.argv[1]
         cycle(model, "shutdown")
-        cycle(model, "gc")
-        keep = cycle(model, "exit")  # left for interpreter exit to clean up
+        cycle(model, "shutdown", idle_s=1.0)
+        cycle(model, "gc", idle_s=1.0)
+        keep = cycle(model, "exit", idle_s=1.0)  # left for interpreter exit
         print("CYCLES-OK", flush=True)
     """
 )
@@ -61,6 +65,7 @@ def test_start_stop_cycles_leave_nothing_behind(tmp_path, tiny_model):
         **os.environ,
         "VLLM_USE_SPMD_WORKER": "1",
         "VLLM_USE_RAY_COMPILED_DAG": "1",
+        "VLLM_RAY_CGRAPH_IDLE_TEARDOWN_S": "0.3",
     }
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.run(
