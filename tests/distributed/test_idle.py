@@ -28,14 +28,7 @@ PARAMS = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def shared_ray():
-    """One Ray for the module: the backends join it instead of starting their own."""
-    import ray
-
-    ray.init(num_cpus=4, include_dashboard=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("shared_ray")
 
 
 def make_llm(monkeypatch, plane: str, model: str) -> LLM:
