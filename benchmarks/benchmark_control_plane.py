@@ -14,6 +14,13 @@ For every (path, batch, context): add ``batch`` prompts of ``context`` tokens,
 step until each has its first token (prefill done), run one untimed decode step,
 then time ``--num-steps`` decode steps. Bytes are counted over the warm-up and
 timed steps.
+
+After a path's last size, its idle cost: the CPU the engine process and every
+worker process use together (% of one core) over ``--idle-seconds``, starting
+2 s after the last step, then how long the first step after that idle period
+takes next to a warm one. For spmd_graph, which tears its compiled graph down
+when idle (VLLM_RAY_CGRAPH_IDLE_TEARDOWN_S), the rebuild (compile) and teardown
+times are printed too.
 """
 
 import argparse
@@ -29,6 +36,7 @@ from typing import Any
 from unittest import mock
 
 from benchmark_utils import random_prompts, sampleable_token_ids, write_json
+from control_plane_idle import header, measure_idle, print_idle_table
 
 from vllm.executor import CONTROL_PLANES, control_plane_env
 
@@ -65,6 +73,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="torch threads per rank (VLLM_CPU_NUM_THREADS; 0: engine default). "
         "1 keeps uni comparable: a 2-thread tiny matmul mostly waits on its peer",
     )
+    p.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=5.0,
+        help="seconds over which idle CPU is measured, after a 2 s pause "
+        "(0: skip the idle measurement)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-layers", type=int, default=1, help="decoder layers (0: none)")
     p.add_argument(
@@ -80,12 +95,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="TP size of every path but uni (1: an SPMD path's cost over uni is "
         "its transport alone)",
     )
-    p.add_argument(
-        "--idle-seconds",
-        type=float,
-        default=1.0,
-        help="measure each path's idle CPU this long (0: skip)",
-    )
     p.add_argument("--output-json", default="benchmarks/results/control_plane.json")
     args = p.parse_args(argv)
     args.paths = [s.strip() for s in args.paths.split(",") if s.strip()]
@@ -96,6 +105,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--num-steps, batch sizes and context lengths must be >= 1")
     if args.num_layers < 0:
         p.error("--num-layers must be >= 0")
+    if not args.idle_seconds >= 0:
+        p.error("--idle-seconds must be >= 0")
     return args
 
 
@@ -225,13 +236,13 @@ def measure(llm: Any, name: str, batch: int, context: int, ctx: dict) -> dict:
     )
 
 
-def run_path(name: str, ctx: dict) -> list[dict]:
+def run_path(name: str, ctx: dict) -> tuple[list[dict], dict | None]:
     from vllm import LLM
 
     plane = PATHS[name]
     if plane.backend == "ray":
         ensure_ray()
-    rows = []
+    rows, idle = [], None
     with path_env(name):
         llm = LLM(
             ctx["model"],
@@ -246,30 +257,11 @@ def run_path(name: str, ctx: dict) -> list[dict]:
                 row = measure(llm, name, batch, context, ctx)
                 print_row(row, file=sys.stderr)
                 rows.append(row)
-            if ctx["args"].idle_seconds > 0:
-                idle = idle_cpu(llm, ctx["args"].idle_seconds)
-                print(f"{name}: idle CPU {idle:.1%} of a core", file=sys.stderr)
-                for row in rows:
-                    row["idle_cpu_frac"] = idle
+            if ctx["args"].idle_seconds:
+                idle = measure_idle(llm, name, ctx["args"].idle_seconds)
         finally:
             llm.shutdown()
-    return rows
-
-
-def idle_cpu(llm: Any, seconds: float) -> float:
-    """Cores the engine and rank processes use while no request is left."""
-    import psutil
-
-    pids = {os.getpid(), *llm.llm_engine.executor.collective_rpc("get_pid")}
-    procs = [psutil.Process(p) for p in pids]
-    time.sleep(0.3)  # past any spin window
-
-    def cpu() -> float:
-        return sum(sum(p.cpu_times()[:2]) for p in procs)
-
-    before, t0 = cpu(), time.monotonic()
-    time.sleep(seconds)
-    return (cpu() - before) / (time.monotonic() - t0)
+    return rows, idle
 
 
 def ensure_ray() -> None:
@@ -297,18 +289,16 @@ def print_row(row: dict, file=sys.stdout) -> None:
 
 
 def print_table(rows: list[dict]) -> None:
-    header = []
-    for title, fmt, _ in COLUMNS:
-        width = int("".join(ch for ch in fmt.split(".")[0] if ch.isdigit()))
-        header.append(title.ljust(width) if "<" in fmt else title.rjust(width))
-    print(" ".join(header))
+    print(header(COLUMNS))
     for row in rows:
         print_row(row)
     print(f"note: {LEGACY_CPU_NOTE}")
     print("note: SPMD bytes are counted once per step; every rank gets the same frame")
 
 
-def run_all(args: argparse.Namespace, sizes: list, kwargs: dict) -> list[dict]:
+def run_all(
+    args: argparse.Namespace, sizes: list, kwargs: dict
+) -> tuple[list[dict], list[dict]]:
     # Set before Ray starts, so its actors inherit the thread count too.
     threads = {"VLLM_CPU_NUM_THREADS": str(args.threads_per_worker)}
     with (
@@ -326,15 +316,17 @@ def run_all(args: argparse.Namespace, sizes: list, kwargs: dict) -> list[dict]:
             engine_kwargs=kwargs,
             allowed_ids=allowed,
         )
-        rows = []
+        rows, idle = [], []
         try:
             for name in args.paths:
-                rows.extend(run_path(name, ctx))
+                path_rows, path_idle = run_path(name, ctx)
+                rows.extend(path_rows)
+                idle.extend([path_idle] if path_idle else [])
         finally:
             ray = sys.modules.get("ray")
             if ray is not None and ray.is_initialized():
                 ray.shutdown()
-        return rows
+        return rows, idle
 
 
 def main(args: argparse.Namespace) -> None:
@@ -344,14 +336,17 @@ def main(args: argparse.Namespace) -> None:
     if not sizes:
         raise SystemExit("no (batch, context) size left after --max-total-tokens")
     kwargs = engine_kwargs(args, sizes)
-    rows = run_all(args, sizes, kwargs)
+    rows, idle = run_all(args, sizes, kwargs)
     print_table(rows)
+    if idle:
+        print_idle_table(idle)
     if args.output_json:
         settings = (
             "VLLM_SPMD_STEP_NOTIFIER",
             "VLLM_SPMD_WORKER_NICENESS",
             "VLLM_MQ_MAX_CHUNK_BYTES_MB",
             "VLLM_MQ_SPIN_US",
+            "VLLM_RAY_CGRAPH_IDLE_TEARDOWN_S",
         )
         write_json(
             args.output_json,
@@ -361,6 +356,7 @@ def main(args: argparse.Namespace) -> None:
                 "env": {name: getattr(envs, name, None) for name in settings},
                 "notes": [LEGACY_CPU_NOTE],
                 "results": rows,
+                "idle": idle,
             },
         )
 

@@ -83,6 +83,26 @@ def test_default_backend_is_uni_then_mp(clean_env, tiny_model):
     assert not two.parallel_config.use_spmd_worker
 
 
+@pytest.mark.parametrize("value, expected", [(None, 1.0), ("0.25", 0.25), ("0", 0.0)])
+def test_graph_idle_teardown_read_into_config(clean_env, tiny_model, value, expected):
+    if value is None:
+        clean_env.delenv("VLLM_RAY_CGRAPH_IDLE_TEARDOWN_S", raising=False)
+    else:
+        clean_env.setenv("VLLM_RAY_CGRAPH_IDLE_TEARDOWN_S", value)
+    config = EngineArgs(model=tiny_model("llama_gqa")).create_engine_config()
+    assert config.parallel_config.spmd_graph_idle_teardown_s == expected
+
+
+@pytest.mark.parametrize("value", ["-1", "nan"])
+def test_graph_idle_teardown_refuses_bad_values(clean_env, tiny_model, value):
+    clean_env.setenv("VLLM_RAY_CGRAPH_IDLE_TEARDOWN_S", value)
+    args = EngineArgs(model=tiny_model("llama_gqa"))
+    with pytest.raises(
+        ValueError, match="VLLM_RAY_CGRAPH_IDLE_TEARDOWN_S must be >= 0"
+    ):
+        args.create_engine_config()
+
+
 def test_uni_backend_refuses_tp(clean_env, tiny_model):
     args = EngineArgs(
         model=tiny_model("llama_gqa"),

@@ -166,6 +166,8 @@ class ParallelConfig:
     # long a waiting reader spins before it sleeps in the kernel.
     mq_max_chunk_bytes: int = 4 << 20
     mq_spin_us: float = 50.0
+    # Idle seconds before the SPMD compiled graph is torn down; 0: never.
+    spmd_graph_idle_teardown_s: float = 1.0
 
     @property
     def world_size(self) -> int:
@@ -180,6 +182,11 @@ class ParallelConfig:
             raise ValueError(
                 "VLLM_CPU_NUM_THREADS must be >= 0 (0 = automatic); got "
                 f"{self.num_threads_per_worker}"
+            )
+        if not self.spmd_graph_idle_teardown_s >= 0:  # NaN fails too
+            raise ValueError(
+                "VLLM_RAY_CGRAPH_IDLE_TEARDOWN_S must be >= 0 (0 = never); got "
+                f"{self.spmd_graph_idle_teardown_s}"
             )
         if self.distributed_executor_backend not in EXECUTOR_BACKENDS:
             raise ValueError(

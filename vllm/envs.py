@@ -94,6 +94,15 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
         _float("VLLM_RAY_CGRAPH_GET_TIMEOUT", 300.0),
         "Seconds the engine waits for a step's result before it declares a hang.",
     ),
+    "VLLM_RAY_CGRAPH_IDLE_TEARDOWN_S": (
+        _float("VLLM_RAY_CGRAPH_IDLE_TEARDOWN_S", 1.0),
+        "Seconds the compiled graph may go unused before the engine tears it down; "
+        "the next step compiles it again (a few hundred ms). Ray's graph readers "
+        "poll their shared-memory channels and so keep a core per rank busy while "
+        "the engine is idle; tearing the graph down makes idle mean idle. 0 keeps "
+        "the graph for the engine's life. Read into "
+        "ParallelConfig.spmd_graph_idle_teardown_s.",
+    ),
     "VLLM_WORKER_LIVENESS_POLL_S": (
         _float("VLLM_WORKER_LIVENESS_POLL_S", 1.0),
         "While waiting for a step, how often the engine checks that every worker "

@@ -1,6 +1,7 @@
 """Smoke test of benchmarks/benchmark_control_plane.py and its plot: the smallest
 grid on the in-process path, SPMD over our shared-memory rings (spawned ranks,
-no layer) and the SPMD compiled-graph path, end to end."""
+no layer) and the SPMD compiled-graph path, end to end, with the idle
+measurement (and the graph's rebuild after it)."""
 
 import json
 import os
@@ -17,6 +18,9 @@ NUM = r"([0-9]+(?:\.[0-9]+)?)"
 ROW_RE = re.compile(
     rf"^(uni|spmd_mp|spmd_graph)\s+([0-9]+)\s+([0-9]+)\s+{NUM}\s+{NUM}\s+{NUM}\s+{NUM}\s+{NUM}$",
     re.M,
+)
+IDLE_RE = re.compile(
+    rf"^(uni|spmd_mp|spmd_graph)\s+{NUM}\s+([0-9]+)\s+{NUM}\s+{NUM}", re.M
 )
 
 
@@ -42,10 +46,10 @@ def bench(tmp_path_factory) -> tuple[str, str]:
         "benchmark_control_plane.py",
         "--paths", "uni,spmd_mp,spmd_graph",
         "--num-layers", "0",
-        "--idle-seconds", "0.5",
         "--batch-sizes", "1",
         "--context-lens", str(CONTEXT),
         "--num-steps", "2",
+        "--idle-seconds", "1",
         "--output-json", out,
     )  # fmt: skip
     return stdout, out
@@ -74,9 +78,28 @@ def test_table_and_json_agree_and_are_sane(bench):
         # A decode step is a delta: far fewer bytes than the prompt's token
         # ids, which the first (prefill) step had to carry in full.
         assert spmd["bytes_sent_per_step"] < CONTEXT
+
+
+@pytest.mark.distributed
+def test_idle_table_and_graph_rebuild(bench):
+    stdout, json_path = bench
+    table = {m[0]: [float(x) for x in m[1:]] for m in IDLE_RE.findall(stdout)}
+    assert set(table) == {"uni", "spmd_mp", "spmd_graph"}, stdout
+    with open(json_path, encoding="utf-8") as f:
+        idle = {r["path"]: r for r in json.load(f)["idle"]}
+    assert set(idle) == set(table)
+    for path, (cpu, procs, first, warm) in table.items():
+        row = idle[path]
+        assert cpu == pytest.approx(row["idle_cpu_percent"], abs=0.1)
+        assert procs == row["num_processes"] == (1 if path == "uni" else 3)
+        assert first > 0 and warm > 0 and row["idle_seconds"] == 1
     # Idle ranks of the ring sleep in the kernel (a generous cap: the machine
     # is shared).
-    assert 0 <= results["spmd_mp"]["idle_cpu_frac"] < 0.2
+    assert 0 <= idle["spmd_mp"]["idle_cpu_percent"] < 20
+    # Only the graph has something to rebuild after the idle period.
+    assert "graph_rebuild_ms" not in idle["uni"]
+    assert idle["spmd_graph"]["graph_rebuild_ms"] > 0
+    assert idle["spmd_graph"]["graph_teardown_ms"] > 0
 
 
 @pytest.mark.distributed

@@ -1,6 +1,7 @@
 """Start/stop cycles of every SPMD plane leave no process, no /dev/shm entry, no
 temp socket file and no traceback behind, whether the LLM is shut down, collected
-or left to interpreter exit. Each case runs in a subprocess that starts (and so
+or left to interpreter exit, and for the compiled graph also after it was torn
+down for being idle. Each case runs in a subprocess that starts (and so
 must stop) its own Ray when it uses one."""
 
 import contextlib
@@ -17,13 +18,13 @@ import pytest
 
 SCRIPT = textwrap.dedent(
     """
-    import gc, json, sys
+    import gc, json, sys, time
     import psutil
     from vllm import LLM, SamplingParams
 
     ranks = []  # [pid, start time] of every rank started
 
-    def cycle(model, backend, how):
+    def cycle(model, backend, how, idle_s=0.0):
         llm = LLM(model, tensor_parallel_size=2, distributed_executor_backend=backend,
                   kv_cache_space=0.01, max_model_len=128)
         out = llm.generate({"prompt_token_ids": [5, 6, 7]},
@@ -31,6 +32,10 @@ SCRIPT = textwrap.dedent(
         assert len(out[0].outputs[0].token_ids) == 4
         for pid in llm.llm_engine.executor.collective_rpc("get_pid"):
             ranks.append([pid, psutil.Process(pid).create_time()])
+        time.sleep(idle_s)  # past VLLM_RAY_CGRAPH_IDLE_TEARDOWN_S: graph down
+        stats = getattr(llm.llm_engine.executor, "graph_stats", None)
+        if stats is not None:
+            assert (stats.idle_teardowns > 0) == (idle_s > 0)
         if how == "shutdown":
             llm.shutdown()
         elif how == "gc":
@@ -40,10 +45,12 @@ SCRIPT = textwrap.dedent(
 
     if __name__ == "__main__":
         model, backend, cycles = sys.argv[1], sys.argv[2], int(sys.argv[3])
-        for _ in range(cycles - 2):
-            cycle(model, backend, "shutdown")
-        cycle(model, backend, "gc")
-        keep = cycle(model, backend, "exit")  # left for interpreter exit to clean up
+        idle_s = float(sys.argv[4])
+        cycle(model, backend, "shutdown")
+        for _ in range(cycles - 3):
+            cycle(model, backend, "shutdown", idle_s)
+        cycle(model, backend, "gc", idle_s)
+        keep = cycle(model, backend, "exit", idle_s)  # left for interpreter exit
         print("RANKS", json.dumps(ranks), flush=True)
     """
 )
@@ -80,11 +87,15 @@ def _still_running(procs: list[list]) -> list[int]:
 
 
 @pytest.mark.parametrize(
-    "plane, backend, cycles",
-    [("spmd_graph", "ray", 3), ("spmd_ray", "ray", 3), ("spmd_mp", "mp", 20)],
+    "plane, backend, cycles, idle_s",
+    [
+        ("spmd_graph", "ray", 4, 1.0),  # the graph torn down and rebuilt too
+        ("spmd_ray", "ray", 3, 0.0),
+        ("spmd_mp", "mp", 20, 0.0),
+    ],
 )
 def test_start_stop_cycles_leave_nothing_behind(
-    tmp_path, tiny_model, plane, backend, cycles
+    tmp_path, tiny_model, plane, backend, cycles, idle_s
 ):
     from vllm.executor import control_plane_env
 
@@ -98,8 +109,16 @@ def test_start_stop_cycles_leave_nothing_behind(
         env.pop(key, None)
         if value is not None:
             env[key] = value
+    env["VLLM_RAY_CGRAPH_IDLE_TEARDOWN_S"] = "0.3"
     proc = subprocess.run(
-        [sys.executable, str(script), tiny_model("llama_tp4"), backend, str(cycles)],
+        [
+            sys.executable,
+            str(script),
+            tiny_model("llama_tp4"),
+            backend,
+            str(cycles),
+            str(idle_s),
+        ],
         capture_output=True,
         text=True,
         env=env,

@@ -210,4 +210,5 @@ class EngineArgs:
             spmd_worker_niceness=envs.VLLM_SPMD_WORKER_NICENESS,
             mq_max_chunk_bytes=int(envs.VLLM_MQ_MAX_CHUNK_BYTES_MB * (1 << 20)),
             mq_spin_us=envs.VLLM_MQ_SPIN_US,
+            spmd_graph_idle_teardown_s=envs.VLLM_RAY_CGRAPH_IDLE_TEARDOWN_S,
         )

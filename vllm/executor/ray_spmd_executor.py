@@ -8,6 +8,12 @@ With ``VLLM_USE_RAY_COMPILED_DAG=1`` the bytes travel through a Ray Compiled Gra
 (input node -> every worker's ``execute_frame`` -> multi-output node) over
 shared-memory channels; otherwise through plain actor calls. Once the graph is
 compiled, control calls travel through it too, so every worker method has one path.
+
+Ray's graph readers poll their channels (in C++, yielding between polls), so every
+rank burns a core while the graph waits for a step. After
+``ParallelConfig.spmd_graph_idle_teardown_s`` without a step, a timer thread tears
+the graph down; control calls then go as plain actor calls, and the next step
+compiles the graph again (``graph_stats`` says how long that took).
 """
 
 import atexit
@@ -16,12 +22,16 @@ import logging
 import os
 import socket
 import tempfile
+import threading
+import time
 import uuid
 import weakref
+from dataclasses import dataclass
 from typing import Any
 
 from vllm import envs, messages
 from vllm.executor.executor_base import Executor, WorkerDiedError, WorkerMethod
+from vllm.executor.idle_timer import IdleTimer
 from vllm.executor.ray_utils import (
     STEP,
     ActorHealth,
@@ -37,11 +47,22 @@ from vllm.messages import ExecuteModelRequest, SamplerOutput
 logger = init_logger(__name__)
 
 
+@dataclass
+class GraphStats:
+    """How often the compiled graph was built and torn down for being idle, and
+    how long the last of each took (seconds): the price of an idle engine."""
+
+    compiles: int = 0
+    compile_s: float = 0.0
+    idle_teardowns: int = 0
+    teardown_s: float = 0.0
+
+
 class _SPMDGroup:
     """The actors, placement group and compiled graph; closed once, by shutdown,
     garbage collection or interpreter exit, whichever comes first."""
 
-    def __init__(self, actors: list[Any], group: Any, started_ray: bool):
+    def __init__(self, actors: list[Any], group: Any, started_ray: bool, idle_s: float):
         self.actors = actors
         self.group = group
         self.started_ray = started_ray
@@ -49,6 +70,28 @@ class _SPMDGroup:
         self.notify: socket.socket | None = None  # rank 0's step-done pings
         self.notify_path = ""
         self.closed = False
+        self.stats = GraphStats()
+        # Held by every use of the actors, so the idle teardown never races one.
+        self.lock = threading.RLock()
+        self.idle_timer = (
+            IdleTimer(idle_s, self.close_idle_graph, self.lock, "vllm-spmd-idle")
+            if idle_s > 0
+            else None
+        )
+
+    def close_idle_graph(self) -> None:
+        """Run by the idle timer, with the lock held."""
+        if self.graph is None or self.closed:
+            return
+        start = time.perf_counter()
+        self.close_graph()
+        self.stats.idle_teardowns += 1
+        self.stats.teardown_s = time.perf_counter() - start
+        logger.debug(
+            "compiled graph idle for %.1f s: torn down in %.0f ms",
+            self.idle_timer.idle_s,
+            1e3 * self.stats.teardown_s,
+        )
 
     def close_graph(self) -> None:
         """Tears the graph down. Once it is, the step results still referenced
@@ -66,6 +109,8 @@ class _SPMDGroup:
             return
         self.closed = True
         atexit.unregister(self.close)
+        if self.idle_timer is not None:
+            self.idle_timer.stop()
         self.close_graph()
         release(self.actors, self.group, self.started_ray)
         if self.notify is not None:
@@ -81,7 +126,7 @@ class RaySPMDExecutor(Executor):
         pc = self.config.parallel_config
         started = initialize_ray(pc.ray_address, pc.world_size)
         actors, group = place_actors(self.config, list(range(pc.world_size)), None)
-        self._group = _SPMDGroup(actors, group, started)
+        self._group = _SPMDGroup(actors, group, started, pc.spmd_graph_idle_teardown_s)
         # Closing before Ray's own exit hook runs keeps interpreter exit quiet.
         atexit.register(self._group.close)
         self._finalizer = weakref.finalize(self, self._group.close)
@@ -99,34 +144,60 @@ class RaySPMDExecutor(Executor):
     def actors(self) -> list[Any]:
         return self._group.actors
 
+    @property
+    def graph_stats(self) -> GraphStats:
+        return self._group.stats
+
     def collective_rpc(
         self, method: WorkerMethod, args: tuple = (), kwargs: dict | None = None
     ) -> list[Any]:
         import pickle
 
-        if self._group.graph is not None:
-            frames = self._run_graph(encode_call(method, args, kwargs or {}))
-            return [pickle.loads(f) for f in frames]
-        refs = [
-            a.execute_method.remote(method, *args, **(kwargs or {}))
-            for a in self.actors
-        ]
-        return self._wait(refs)
+        with self._group.lock:
+            if self._group.graph is not None:
+                frames = self._run_graph(encode_call(method, args, kwargs or {}))
+                return [pickle.loads(f) for f in frames]
+            # No graph (not compiled yet, or torn down while idle): the actors
+            # are free to take plain calls.
+            refs = [
+                a.execute_method.remote(method, *args, **(kwargs or {}))
+                for a in self.actors
+            ]
+            return self._wait(refs)
 
     def execute_model(self, req: ExecuteModelRequest) -> SamplerOutput:
         frame = STEP + messages.encode(req)
         self.bytes_sent += len(frame)
-        pc = self.config.parallel_config
-        if pc.use_compiled_dag:
-            if self._group.graph is None:
-                if pc.spmd_step_notifier and self._health.local[0]:
-                    self._open_notifier()
-                self._group.graph = self._compile()
-            results = self._run_graph(frame)
-        else:
-            results = self._wait([a.execute_frame.remote(frame) for a in self.actors])
+        with self._group.lock:
+            if self.config.parallel_config.use_compiled_dag:
+                if self._group.graph is None:
+                    self._build_graph()
+                results = self._run_graph(frame)
+            else:
+                refs = [a.execute_frame.remote(frame) for a in self.actors]
+                results = self._wait(refs)
         self.bytes_received += sum(len(r) for r in results)
         return messages.decode_output(results[0])
+
+    def _build_graph(self) -> None:
+        """Compiles the graph: before the first step, and after an idle teardown."""
+        pc = self.config.parallel_config
+        g = self._group
+        if pc.spmd_step_notifier and self._health.local[0] and g.notify is None:
+            self._open_notifier()  # once: it outlives a torn-down graph
+        # A rank that died while the graph was down must be named, not left to
+        # fail the compile obscurely.
+        self._health.raise_if_dead()
+        start = time.perf_counter()
+        try:
+            g.graph = self._compile()
+        except Exception as e:
+            self._health.raise_if_dead(e)
+            raise
+        g.stats.compiles += 1
+        g.stats.compile_s = time.perf_counter() - start
+        if g.stats.idle_teardowns:
+            logger.debug("compiled graph rebuilt in %.0f ms", 1e3 * g.stats.compile_s)
 
     def _open_notifier(self) -> None:
         import ray
@@ -169,6 +240,9 @@ class RaySPMDExecutor(Executor):
                 self._group.close_graph()
                 raise
             raise
+        finally:
+            if self._group.idle_timer is not None:
+                self._group.idle_timer.arm()
 
     def _sleep_until_done(self) -> None:
         """Blocks in the kernel until rank 0 pings; checks liveness meanwhile."""
