@@ -96,3 +96,12 @@ def test_uniform_points_are_the_scalar_ones_bit_for_bit():
     index = [rng.randrange(1 << 20) for _ in seeds]
     got = uniform_points(torch.tensor(seeds), torch.tensor(index)).tolist()
     assert got == [uniform_point(s, i) for s, i in zip(seeds, index)]
+
+
+def test_subnormals_flush_only_inside_the_forward_scope():
+    from vllm.worker.model_runner import _flush_subnormals
+
+    tiny = torch.tensor([1e-40], dtype=torch.float32)  # subnormal in fp32
+    with _flush_subnormals():
+        assert float(tiny * 1.0) == 0.0
+    assert float(tiny * 1.0) != 0.0  # the caller's process is left as it was
