@@ -27,6 +27,12 @@ class ModelInput:
     prompt_logprob_spans: list[tuple[CachedRequestState, int, int, int]] = field(
         default_factory=list
     )
+    # Rows of the persistent batch (vllm.worker.input_batch) in `scheduled`
+    # order, with their token counts, and which of them sample (indices into
+    # `scheduled`, parallel to sample_states).
+    rows: torch.Tensor | None = None  # [S] int64
+    counts: torch.Tensor | None = None  # [S] int64
+    sample_index: torch.Tensor | None = None  # [N] int64
     # With LoRA on: each row's adapter slot and the slots to fill
     # (vllm.lora.worker_manager.LoRAInputs), on every rank.
     lora: Any = None

@@ -7,6 +7,8 @@ three. Whether logits end up on every rank (each rank then samples the same toke
 and keeps identical request states) or only on rank 0 is the caller's argument.
 """
 
+import contextlib
+
 import torch
 
 from vllm.config import VllmConfig
@@ -15,6 +17,7 @@ from vllm.messages import ExecuteModelRequest, PromptLogprobs, SamplerOutput
 from vllm.model_executor.layers.attention import AttentionMetadata, PrefillSeq
 from vllm.model_executor.layers.sampler import logprobs_at, sample
 from vllm.model_executor.model_loader.loader import get_model
+from vllm.worker.input_batch import InputBatch
 from vllm.worker.model_input import ModelInput
 from vllm.worker.request_state import CachedRequestState, RequestStates
 
@@ -28,6 +31,11 @@ class ModelRunner:
         self.tp = tp
         self.block_size = config.cache_config.block_size
         self.requests = RequestStates()
+        self.batch = InputBatch(
+            config.scheduler_config.max_num_seqs,
+            config.model_config.max_model_len,
+            self.block_size,
+        )
         self.model = None
         self.lora_manager = None  # vllm.lora.worker_manager.LoRAManager, if enabled
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -60,7 +68,7 @@ class ModelRunner:
     def forward(self, inp: ModelInput, gather_to_all: bool) -> torch.Tensor | None:
         """-> float32 logits [N, vocab] of inp.logits_rows, on every rank if
         gather_to_all, else on rank 0 only (None elsewhere)."""
-        with _scope("vllm::forward"):
+        with _scope("vllm::forward"), _flush_subnormals():
             if inp.lora is not None:
                 self.lora_manager.apply(inp.lora)
             hidden = self.model(inp.input_ids, inp.positions, self.kv_caches, inp.meta)
@@ -75,14 +83,23 @@ class ModelRunner:
         """Samples the rows that end a request's known tokens, records the tokens
         and computed counts in the request states, and scores prompt positions
         that asked for logprobs."""
+        batch = self.batch
         for state, n in inp.scheduled:
             state.num_computed_tokens += n
+        batch.num_computed[inp.rows] += inp.counts
         num_sampled = len(inp.sample_states)
         prompt_logprobs = self._prompt_logprobs(logits[num_sampled:], inp)
         if not num_sampled:
             return SamplerOutput([], [], [], prompt_logprobs)
         with _scope("vllm::sample"):
-            tokens, logprobs = sample(logits[:num_sampled], inp.sample_states)
+            rows = inp.rows[inp.sample_index]
+            tokens, logprobs = sample(
+                logits[:num_sampled],
+                inp.sample_states,
+                batch.sampling_tensors(rows),
+                (batch.token_ids, rows),
+            )
+        batch.record_sampled(rows, tokens)
         for state, token in zip(inp.sample_states, tokens):
             state.token_ids.append(token)
         return SamplerOutput(
@@ -96,6 +113,7 @@ class ModelRunner:
         """Applies the step's delta; None when it schedules nothing."""
         with _scope("vllm::prepare_inputs"):
             scheduled = self.requests.apply(req)
+            self._update_batch(req, scheduled)
             if not scheduled:
                 return None
             inp = self._build_inputs(scheduled)
@@ -105,6 +123,22 @@ class ModelRunner:
                 )
             return inp
 
+    def _update_batch(
+        self,
+        req: ExecuteModelRequest,
+        scheduled: list[tuple[CachedRequestState, int]],
+    ) -> None:
+        """Mirrors the step's delta in the persistent batch."""
+        batch = self.batch
+        for req_id in req.finished_req_ids:
+            batch.remove(req_id)
+        for state, _ in scheduled[: len(req.new_requests)]:
+            batch.add(state)
+        for running in req.running:
+            if running.new_block_ids:
+                row = batch.row_of[running.req_id]
+                batch.append_blocks(row, running.new_block_ids)
+
     def _build_inputs(
         self, scheduled: list[tuple[CachedRequestState, int]]
     ) -> ModelInput:
@@ -112,49 +146,48 @@ class ModelRunner:
         # Then by adapter, so each LoRA layer finds an adapter's rows in (at most
         # two) runs it uses in place.
         ordered = sorted(scheduled, key=_row_order)
-        ids: list[int] = []
-        positions: list[int] = []
-        slots: list[int] = []
-        decode_tables, decode_lens, prefills = [], [], []
-        sample_rows, sample_states, span_rows = [], [], []
-        bs = self.block_size
-        for state, n in ordered:
-            start, row = state.num_computed_tokens, len(ids)
-            pos = range(start, start + n)
-            ids.extend(state.token_ids[start : start + n])
-            positions.extend(pos)
-            slots.extend(state.block_ids[p // bs] * bs + p % bs for p in pos)
-            if n == 1:
-                decode_tables.append(state.block_ids)
-                decode_lens.append(start + 1)
-            else:
-                table = torch.tensor(state.block_ids[: -(-(start + n) // bs)])
-                prefills.append(PrefillSeq(row, n, start + n, table))
+        d = sum(1 for _, n in ordered if n == 1)
+        rows = self.batch.rows([state for state, _ in ordered])
+        # Single-token rows are gathered from the persistent batch; prompt
+        # chunks are built from the request states' lists.
+        ids, positions, slots, tables = self.batch.decode_inputs(rows[:d])
+        chunk = _ChunkInputs(self.block_size)
+        sample_rows, sample_index, sample_states, span_rows = [], [], [], []
+        row = 0
+        for i, (state, n) in enumerate(ordered):
+            start = state.num_computed_tokens
+            if n > 1:
+                chunk.add(state, row, n)
             if start + n == len(state.token_ids):
                 sample_rows.append(row + n - 1)
+                sample_index.append(i)
                 sample_states.append(state)
             wanted = min(n, state.num_prompt_tokens - 1 - start)
             if state.sampling.prompt_logprobs >= 0 and wanted > 0:
                 span_rows.append((state, range(row, row + wanted), start + 1))
-        spans, rows = [], list(sample_rows)
+            row += n
+        spans, logits_rows = [], list(sample_rows)
         for state, span, first_token in span_rows:
-            spans.append((state, len(rows), len(span), first_token))
-            rows.extend(span)
+            spans.append((state, len(logits_rows), len(span), first_token))
+            logits_rows.extend(span)
         meta = AttentionMetadata(
-            slot_mapping=torch.tensor(slots, dtype=torch.long),
-            num_decode_tokens=len(decode_lens),
-            decode_block_tables=_pad_tables(decode_tables),
-            decode_context_lens=torch.tensor(decode_lens, dtype=torch.int32),
-            prefills=prefills,
+            slot_mapping=torch.cat([slots, _longs(chunk.slots)]),
+            num_decode_tokens=d,
+            decode_block_tables=tables,
+            decode_context_lens=(positions + 1).int(),
+            prefills=chunk.seqs,
         )
         return ModelInput(
-            input_ids=torch.tensor(ids, dtype=torch.long),
-            positions=torch.tensor(positions, dtype=torch.long),
+            input_ids=torch.cat([ids, _longs(chunk.ids)]),
+            positions=torch.cat([positions, _longs(chunk.positions)]),
             meta=meta,
-            logits_rows=torch.tensor(rows, dtype=torch.long),
+            logits_rows=_longs(logits_rows),
             scheduled=ordered,
             sample_states=sample_states,
             prompt_logprob_spans=spans,
+            rows=rows,
+            counts=_longs([n for _, n in ordered]),
+            sample_index=_longs(sample_index),
         )
 
     def _prompt_logprobs(
@@ -177,11 +210,46 @@ class ModelRunner:
         return out
 
 
+@contextlib.contextmanager
+def _flush_subnormals():
+    """Subnormal floats cost x86 cores a microcode assist per operation: a step
+    whose attention softmax underflows into them (seen with random LoRA
+    adapters: a 2048-token prefill took 22 s instead of 4 s) slows down many
+    times over. Flushed to zero during the forward pass only (values below
+    1.2e-38); the flag is per thread and process-wide, so it is switched back
+    off after, leaving the caller's process (the uni executor runs in it) as
+    torch's default has it."""
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
+
+
+class _ChunkInputs:
+    """Rows of prompt chunks (more than one token), from the Python lists."""
+
+    def __init__(self, block_size: int):
+        self.block_size = block_size
+        self.ids: list[int] = []
+        self.positions: list[int] = []
+        self.slots: list[int] = []
+        self.seqs: list[PrefillSeq] = []
+
+    def add(self, state: CachedRequestState, row: int, n: int) -> None:
+        bs, start = self.block_size, state.num_computed_tokens
+        pos = range(start, start + n)
+        self.ids.extend(state.token_ids[start : start + n])
+        self.positions.extend(pos)
+        self.slots.extend(state.block_ids[p // bs] * bs + p % bs for p in pos)
+        table = torch.tensor(state.block_ids[: -(-(start + n) // bs)])
+        self.seqs.append(PrefillSeq(row, n, start + n, table))
+
+
+def _longs(values: list[int]) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.long)
+
+
 def _row_order(item: tuple[CachedRequestState, int]) -> tuple[bool, int]:
     state, n = item
     return n != 1, 0 if state.lora is None else state.lora.lora_int_id
-
-
-def _pad_tables(tables: list[list[int]]) -> torch.Tensor:  # -> [B, max_blocks] int32
-    width = max((len(t) for t in tables), default=0)
-    return torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32)

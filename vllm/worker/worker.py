@@ -40,11 +40,6 @@ class Worker:
             1, (os.cpu_count() or 1) // pc.world_size
         )
         torch.set_num_threads(threads)
-        # Subnormal floats cost x86 cores a microcode assist per operation: a
-        # step whose softmax underflows into them (seen with random LoRA
-        # adapters: a 2048-token prefill went from 4 s to 22 s) slows down many
-        # times over. Flushing them to zero changes values below 1.2e-38 only.
-        torch.set_flush_denormal(True)
         if pc.world_size > 1:
             self.tp = init_distributed(
                 self.rank, pc.world_size, self.distributed_init_method

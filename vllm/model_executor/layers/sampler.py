@@ -9,19 +9,17 @@ vocabulary-sized noise draw.)
 """
 
 from collections.abc import Sequence
-from typing import Protocol
 
 import torch
 
-from vllm.messages import Logprobs, SamplingOptions
+from vllm.messages import Logprobs
+from vllm.model_executor.layers.sampling_tensors import (
+    SamplingRow,
+    SamplingTensors,
+    uniform_points,
+)
 
 _MASK64 = (1 << 64) - 1
-
-
-class SamplingRow(Protocol):
-    sampling: SamplingOptions
-    token_ids: list[int]  # prompt then outputs
-    num_prompt_tokens: int
 
 
 def step_seed(seed: int, index: int) -> int:
@@ -40,20 +38,26 @@ def uniform_point(seed: int, index: int) -> float:
 def sample(
     logits: torch.Tensor,  # [N, V] float32, one row per request; modified in place
     rows: Sequence[SamplingRow],
+    params: SamplingTensors | None = None,  # the rows' parameters, if at hand
+    token_ids: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[list[int], list[Logprobs | None]]:
+    """``token_ids``, if at hand: (table [M, >= longest row] int64, the row of
+    table [N] int64 holding each row's prompt and outputs, rows[i].token_ids,
+    padded); the penalties then read it instead of the Python lists."""
+    if params is None:
+        params = SamplingTensors.from_rows(rows)
     wants_logprobs = any(r.sampling.logprobs >= 0 for r in rows)
     raw = torch.log_softmax(logits, dim=-1) if wants_logprobs else None
-    _apply_penalties(logits, rows)
+    _apply_penalties(logits, rows, params, token_ids)
     _apply_bans(logits, rows)
-    random_rows = [i for i, r in enumerate(rows) if r.sampling.temperature > 0.0]
-    if len(random_rows) == len(rows):  # the common all-random batch: no argmax pass
-        tokens = _sample_random(logits, rows)
+    random_mask = params.temperature > 0.0
+    if bool(random_mask.all()):  # the common all-random batch: no argmax pass
+        tokens = _sample_random(logits, params)
     else:
         tokens = logits.argmax(dim=-1)
-        if random_rows:
-            picked = torch.tensor(random_rows)
-            chosen = [rows[i] for i in random_rows]
-            tokens[picked] = _sample_random(logits[picked], chosen)
+        if bool(random_mask.any()):
+            picked = random_mask.nonzero().squeeze(1)
+            tokens[picked] = _sample_random(logits[picked], params.select(picked))
     token_list = tokens.tolist()
     if raw is None:
         return token_list, [None] * len(rows)
@@ -80,26 +84,53 @@ def logprobs_at(
     return Logprobs(token_ids=ids, logprobs=values, rank=rank)
 
 
-def _apply_penalties(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> None:
+def _apply_penalties(
+    logits: torch.Tensor,  # [N, V]
+    rows: Sequence[SamplingRow],
+    params: SamplingTensors,
+    token_ids: tuple[torch.Tensor, torch.Tensor] | None,  # as sample's
+) -> None:
+    """All penalised rows at once: token counts by one scatter over the rows'
+    (padded) tokens."""
+    on = (
+        (params.presence_penalty != 0)
+        | (params.frequency_penalty != 0)
+        | (params.repetition_penalty != 1)
+    )
+    if not bool(on.any()):
+        return
+    picked = on.nonzero().squeeze(1)
+    chosen = [rows[i] for i in picked.tolist()]
+    lengths = torch.tensor([len(r.token_ids) for r in chosen])
+    prompt = torch.tensor([r.num_prompt_tokens for r in chosen]).unsqueeze(1)
+    width = int(lengths.max())
+    if token_ids is None:
+        tokens = torch.zeros(len(chosen), width, dtype=torch.long)
+        for i, r in enumerate(chosen):
+            tokens[i, : len(r.token_ids)] = torch.tensor(r.token_ids)
+    else:
+        table, table_rows = token_ids
+        tokens = table[table_rows[picked], :width]
     vocab = logits.shape[-1]
-    for i, r in enumerate(rows):
-        s = r.sampling
-        if not (s.presence_penalty or s.frequency_penalty or s.repetition_penalty != 1):
-            continue
-        outputs = torch.tensor(r.token_ids[r.num_prompt_tokens :], dtype=torch.long)
-        counts = torch.bincount(outputs, minlength=vocab)[:vocab].to(logits.dtype)
-        row = logits[i]
-        if s.repetition_penalty != 1.0:
-            seen = counts > 0
-            seen[torch.tensor(r.token_ids[: r.num_prompt_tokens], dtype=torch.long)] = (
-                True
-            )
-            penalised = torch.where(
-                row > 0, row / s.repetition_penalty, row * s.repetition_penalty
-            )
-            row.copy_(torch.where(seen, penalised, row))
-        row -= s.frequency_penalty * counts
-        row -= s.presence_penalty * (counts > 0).to(logits.dtype)
+    column = torch.arange(width).unsqueeze(0)
+    # Padding and the other kind of token go to a spare column past the vocab.
+    outputs = torch.where(
+        (column >= prompt) & (column < lengths[:, None]), tokens, vocab
+    )
+    counts = torch.zeros(len(chosen), vocab + 1, dtype=logits.dtype)
+    counts.scatter_add_(1, outputs, torch.ones_like(outputs, dtype=logits.dtype))
+    counts = counts[:, :vocab]
+    in_prompt = torch.zeros(len(chosen), vocab + 1, dtype=torch.bool)
+    in_prompt.scatter_(1, torch.where(column < prompt, tokens, vocab), True)
+    seen = (counts > 0) | in_prompt[:, :vocab]
+    rows_logits = logits[picked]
+    rep = params.repetition_penalty[picked].unsqueeze(1)
+    penalised = torch.where(rows_logits > 0, rows_logits / rep, rows_logits * rep)
+    rows_logits = torch.where(seen & (rep != 1.0), penalised, rows_logits)
+    rows_logits -= params.frequency_penalty[picked].unsqueeze(1) * counts
+    presence = params.presence_penalty[picked].unsqueeze(1)
+    rows_logits -= presence * (counts > 0).to(logits.dtype)
+    logits[picked] = rows_logits
 
 
 def _apply_bans(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> None:
@@ -112,31 +143,24 @@ def _apply_bans(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> None:
 
 def _sample_random(
     logits: torch.Tensor,  # [R, V]
-    rows: Sequence[SamplingRow],
+    params: SamplingTensors,  # of the R rows
 ) -> torch.Tensor:  # [R]
-    temps = torch.tensor([r.sampling.temperature for r in rows], dtype=logits.dtype)
-    logits = logits / temps.unsqueeze(1)
-    top_ks = [r.sampling.top_k for r in rows]
-    if any(k > 0 for k in top_ks):
+    logits = logits / params.temperature.unsqueeze(1)
+    top_ks = params.top_k
+    if bool((top_ks > 0).any()):
         vocab = logits.shape[-1]
-        ks = torch.tensor([min(k, vocab) if k > 0 else vocab for k in top_ks])
+        ks = torch.where(top_ks > 0, top_ks.clamp(max=vocab), vocab)
         kth = logits.topk(int(ks.max()), dim=-1).values.gather(1, (ks - 1).unsqueeze(1))
         logits.masked_fill_(logits < kth, float("-inf"))
-    top_ps = torch.tensor([r.sampling.top_p for r in rows], dtype=logits.dtype)
+    top_ps = params.top_p
     if bool((top_ps < 1.0).any()):
         _mask_top_p(logits, top_ps)
     probs = torch.softmax(logits, dim=-1)
-    min_ps = torch.tensor([r.sampling.min_p for r in rows], dtype=probs.dtype)
+    min_ps = params.min_p
     if bool((min_ps > 0).any()):
         floor = probs.max(dim=-1, keepdim=True).values * min_ps.unsqueeze(1)
         probs.masked_fill_(probs < floor, 0.0)
-    points = torch.tensor(
-        [
-            uniform_point(r.sampling.seed, len(r.token_ids) - r.num_prompt_tokens)
-            for r in rows
-        ],
-        dtype=torch.float64,
-    )
+    points = uniform_points(params.seed, params.output_index)
     cdf = probs.double().cumsum(dim=-1)  # fp64: the tail of a 50k vocab stays exact
     # The first token whose CDF reaches the point; zero-probability tokens add no
     # width, so they can never be chosen (the point is never 0).
