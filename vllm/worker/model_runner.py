@@ -84,9 +84,7 @@ class ModelRunner:
         and computed counts in the request states, and scores prompt positions
         that asked for logprobs."""
         batch = self.batch
-        for state, n in inp.scheduled:
-            state.num_computed_tokens += n
-        batch.num_computed[inp.rows] += inp.counts
+        self._advance(inp)
         num_sampled = len(inp.sample_states)
         prompt_logprobs = self._prompt_logprobs(logits[num_sampled:], inp)
         if not num_sampled:
@@ -99,15 +97,30 @@ class ModelRunner:
                 batch.sampling_tensors(rows),
                 (batch.token_ids, rows),
             )
-        batch.record_sampled(rows, tokens)
-        for state, token in zip(inp.sample_states, tokens):
-            state.token_ids.append(token)
+        self._record(inp, tokens)
         return SamplerOutput(
             req_ids=[s.req_id for s in inp.sample_states],
             sampled_token_ids=tokens,
             logprobs=logprobs,
             prompt_logprobs=prompt_logprobs,
         )
+
+    def accept(self, inp: ModelInput, tokens: list[int]) -> None:
+        """What ``sample`` records, with tokens sampled elsewhere: a rank that
+        did not sample takes rank 0's, so every rank keeps the same states."""
+        self._advance(inp)
+        if inp.sample_states:
+            self._record(inp, tokens)
+
+    def _advance(self, inp: ModelInput) -> None:
+        for state, n in inp.scheduled:
+            state.num_computed_tokens += n
+        self.batch.num_computed[inp.rows] += inp.counts
+
+    def _record(self, inp: ModelInput, tokens: list[int]) -> None:
+        self.batch.record_sampled(inp.rows[inp.sample_index], tokens)
+        for state, token in zip(inp.sample_states, tokens):
+            state.token_ids.append(token)
 
     def prepare_inputs(self, req: ExecuteModelRequest) -> ModelInput | None:
         """Applies the step's delta; None when it schedules nothing."""

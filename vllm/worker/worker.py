@@ -71,11 +71,31 @@ class Worker:
     def initialize_cache(self, num_blocks: int) -> None:
         self.model_runner.initialize_cache(num_blocks, self._num_local_kv_heads())
 
+    @torch.inference_mode()
     def execute_model(self, req: ExecuteModelRequest) -> SamplerOutput | None:
-        """Every rank computes and samples the same tokens, so all keep the same
-        request states; only rank 0's output is read, the others return None."""
-        out = self.model_runner.execute_model(req, gather_to_all=True)
-        return out if self.rank == 0 else None
+        """Every rank computes the step; rank 0 alone gathers the logits and
+        samples, then broadcasts the tokens, so every rank keeps the same
+        request states. (Gathering the vocabulary-sized logits to every rank
+        instead costs about twice as much on gloo: 10 ms against 4.4 + 0.8 ms
+        at batch 64, vocabulary 49152.) Only rank 0's output is read."""
+        runner = self.model_runner
+        if self.tp.size == 1:
+            return runner.execute_model(req)
+        inp = runner.prepare_inputs(req)
+        if inp is None:  # nothing scheduled: the delta only evicted
+            return SamplerOutput([], [], []) if self.rank == 0 else None
+        logits = runner.forward(inp, gather_to_all=False)
+        if self.rank == 0:
+            out = runner.sample(inp, logits)
+            tokens = torch.tensor(out.sampled_token_ids, dtype=torch.long)
+        else:
+            tokens = torch.empty(len(inp.sample_states), dtype=torch.long)
+        if len(tokens):
+            self.tp.broadcast(tokens)
+        if self.rank == 0:
+            return out
+        runner.accept(inp, tokens.tolist())
+        return None
 
     # LoRA adapters: the engine makes these calls on every rank, in one order.
 
