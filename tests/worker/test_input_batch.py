@@ -105,3 +105,18 @@ def test_subnormals_flush_only_inside_the_forward_scope():
     with _flush_subnormals():
         assert float(tiny * 1.0) == 0.0
     assert float(tiny * 1.0) != 0.0  # the caller's process is left as it was
+
+
+def test_growth_under_inference_mode_leaves_plain_tensors():
+    """A step's sampling may grow the batch under inference_mode; the legacy
+    driver then applies the next delta outside it (an in-place update of an
+    inference tensor there raises)."""
+    batch = InputBatch(max_rows=1, max_model_len=1024, block_size=BS)
+    with torch.inference_mode():
+        batch.add(_state("a", list(range(300)), list(range(75))))  # wider, taller
+        batch.add(_state("b", [1, 2], [0]))
+    batch.remove("b")
+    batch.add(_state("c", [3, 4, 5], [1]))  # into the grown tensors' free row
+    batch.remove("a")
+    assert not batch.token_ids.is_inference()
+    _check(batch)

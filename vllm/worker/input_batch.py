@@ -49,9 +49,16 @@ class InputBatch:
             return
         rows = have_rows if rows <= have_rows else max(rows, 2 * have_rows)
         width = have_width if width <= have_width else max(width, 2 * have_width)
+        # Plain tensors even when called under inference_mode (a step's
+        # sampling grows the batch there): the legacy driver updates them
+        # outside it, which an inference tensor would refuse.
+        with torch.inference_mode(False):
+            self._grow(rows, width)
+
+    def _grow(self, rows: int, width: int) -> None:
         n = len(self.states)
         tokens = torch.zeros(rows, width, dtype=torch.long)
-        tokens[:n, :have_width] = self.token_ids[:n]
+        tokens[:n, : self.token_ids.shape[1]] = self.token_ids[:n]
         self.token_ids = tokens
         for name in ("num_tokens", "num_prompt", "num_computed", "block_table"):
             old = getattr(self, name)
