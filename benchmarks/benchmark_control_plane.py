@@ -25,6 +25,7 @@ times are printed too.
 
 import argparse
 import contextlib
+import json
 import math
 import os
 import statistics
@@ -95,6 +96,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="TP size of every path but uni (1: an SPMD path's cost over uni is "
         "its transport alone)",
     )
+    p.add_argument(
+        "--config-overrides",
+        type=json.loads,
+        default={},
+        help="JSON of transformers LlamaConfig fields over the tiny shape, e.g. "
+        '\'{"num_attention_heads": 64, "num_key_value_heads": 8}\' (docs/scaling.md)',
+    )
     p.add_argument("--output-json", default="benchmarks/results/control_plane.json")
     args = p.parse_args(argv)
     args.paths = [s.strip() for s in args.paths.split(",") if s.strip()]
@@ -110,12 +118,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def write_tiny_model(folder: str, max_len: int, num_layers: int) -> str:
+def write_tiny_model(
+    folder: str, max_len: int, num_layers: int, overrides: dict[str, Any]
+) -> str:
     """A config-only tiny Llama (weights come from load_format="dummy")."""
     from vllm.transformers_utils.tiny_model import tiny_config, write_model_folder
 
     config = tiny_config(
-        num_hidden_layers=num_layers, max_position_embeddings=max(8192, max_len)
+        num_hidden_layers=num_layers,
+        max_position_embeddings=max(8192, max_len),
+        **overrides,
     )
     return write_model_folder(folder, config)
 
@@ -241,7 +253,7 @@ def run_path(name: str, ctx: dict) -> tuple[list[dict], dict | None]:
 
     plane = PATHS[name]
     if plane.backend == "ray":
-        ensure_ray()
+        ensure_ray(ctx["args"].tensor_parallel_size)
     rows, idle = [], None
     with path_env(name):
         llm = LLM(
@@ -264,12 +276,14 @@ def run_path(name: str, ctx: dict) -> tuple[list[dict], dict | None]:
     return rows, idle
 
 
-def ensure_ray() -> None:
-    """One local Ray for every Ray path; executors join it and leave it up."""
+def ensure_ray(world_size: int) -> None:
+    """One local Ray for every Ray path; executors join it and leave it up. Each
+    rank's actor reserves one (logical) CPU, so TP=8 needs 8 even on 2 cores."""
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, logging_level="WARNING")
+        cpus = max(4, world_size)
+        ray.init(num_cpus=cpus, include_dashboard=False, logging_level="WARNING")
 
 
 COLUMNS = (
@@ -307,7 +321,9 @@ def run_all(
     ):
         from vllm.transformers_utils.model_resolver import load_tokenizer
 
-        model = write_tiny_model(folder, kwargs["max_model_len"], args.num_layers)
+        model = write_tiny_model(
+            folder, kwargs["max_model_len"], args.num_layers, args.config_overrides
+        )
         allowed = sampleable_token_ids(load_tokenizer(model), 1024)
         ctx = dict(
             args=args,
