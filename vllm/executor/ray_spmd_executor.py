@@ -8,6 +8,8 @@ With ``VLLM_USE_RAY_COMPILED_DAG=1`` the bytes travel through a Ray Compiled Gra
 (input node -> every worker's ``execute_frame`` -> multi-output node) over
 shared-memory channels; otherwise through plain actor calls. Once the graph is
 compiled, control calls travel through it too, so every worker method has one path.
+``submit_model`` leaves a step running in the graph while the engine schedules the
+next (async scheduling); outputs are read back in the order the steps were sent.
 
 Ray's graph readers poll their channels (in C++, yielding between polls), so every
 rank burns a core while the graph waits for a step. After
@@ -26,11 +28,17 @@ import threading
 import time
 import uuid
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from vllm import envs, messages
-from vllm.executor.executor_base import Executor, WorkerDiedError, WorkerMethod
+from vllm.executor.executor_base import (
+    Executor,
+    StepResult,
+    WorkerDiedError,
+    WorkerMethod,
+)
 from vllm.executor.idle_timer import IdleTimer
 from vllm.executor.ray_utils import (
     STEP,
@@ -71,6 +79,7 @@ class _SPMDGroup:
         self.notify_path = ""
         self.closed = False
         self.stats = GraphStats()
+        self.steps_in_flight = 0  # sent through the graph, output not yet read
         # Held by every use of the actors, so the idle teardown never races one.
         self.lock = threading.RLock()
         self.idle_timer = (
@@ -81,7 +90,7 @@ class _SPMDGroup:
 
     def close_idle_graph(self) -> None:
         """Run by the idle timer, with the lock held."""
-        if self.graph is None or self.closed:
+        if self.graph is None or self.closed or self.steps_in_flight:
             return
         start = time.perf_counter()
         self.close_graph()
@@ -165,17 +174,27 @@ class RaySPMDExecutor(Executor):
             ]
             return self._wait(refs)
 
-    def execute_model(self, req: ExecuteModelRequest) -> SamplerOutput:
+    def submit_model(self, req: ExecuteModelRequest) -> StepResult:
+        """Sends the step and returns at once: the graph runs it while the engine
+        schedules the next one (Ray keeps up to 10 executions in flight and
+        buffers results fetched out of order, say a control call's)."""
         frame = STEP + messages.encode(req)
         self.bytes_sent += len(frame)
         with self._group.lock:
-            if self.config.parallel_config.use_compiled_dag:
-                if self._group.graph is None:
-                    self._build_graph()
-                results = self._run_graph(frame)
-            else:
+            if not self.config.parallel_config.use_compiled_dag:
                 refs = [a.execute_frame.remote(frame) for a in self.actors]
-                results = self._wait(refs)
+                return lambda: self._step_output(self._wait(refs))
+            if self._group.graph is None:
+                self._build_graph()
+            with self._dead_rank_check():
+                refs = self._group.graph.execute(frame)
+            self._group.steps_in_flight += 1
+        return lambda: self._step_output(self._collect(refs, step=True))
+
+    def execute_model(self, req: ExecuteModelRequest) -> SamplerOutput:
+        return self.submit_model(req)()
+
+    def _step_output(self, results: list[bytes]) -> SamplerOutput:
         self.bytes_received += sum(len(r) for r in results)
         return messages.decode_output(results[0])
 
@@ -224,25 +243,41 @@ class RaySPMDExecutor(Executor):
         return dag.experimental_compile()
 
     def _run_graph(self, frame: bytes) -> list[bytes]:
+        with self._dead_rank_check():
+            refs = self._group.graph.execute(frame)
+        return self._collect(refs, step=False)
+
+    def _collect(self, refs: Any, step: bool) -> list[bytes]:
+        """Waits for one execution's results. Steps are collected in the order
+        they were sent, so each consumes the oldest of rank 0's pings."""
         import ray
 
+        with self._group.lock, self._dead_rank_check():
+            if self._group.graph is None:  # torn down after a rank died
+                self._health.raise_if_dead()
+            try:
+                if step and self._group.notify is not None:
+                    self._sleep_until_done()
+                return ray.get(refs)
+            finally:
+                self._group.steps_in_flight -= step
+                if self._group.idle_timer is not None:
+                    self._group.idle_timer.arm()
+
+    @contextlib.contextmanager
+    def _dead_rank_check(self) -> Iterator[None]:
+        """An error while a rank is dead is reported as that death; the graph
+        cannot run without the rank, so it is torn down now, before anything it
+        left behind complains."""
         try:
-            refs = self._group.graph.execute(frame)
-            if frame[:1] == STEP and self._group.notify is not None:
-                self._sleep_until_done()
-            return ray.get(refs)
+            yield
         except Exception as e:
             try:
                 self._health.raise_if_dead(e)
             except WorkerDiedError:
-                # The graph cannot run without the rank; tear it down now, so
-                # nothing it left behind complains later.
                 self._group.close_graph()
                 raise
             raise
-        finally:
-            if self._group.idle_timer is not None:
-                self._group.idle_timer.arm()
 
     def _sleep_until_done(self) -> None:
         """Blocks in the kernel until rank 0 pings; checks liveness meanwhile."""
