@@ -1,7 +1,7 @@
 """SPMD over our shared-memory rings (spmd_mp: spawned ranks, spmd_ray: Ray actors)
 and over the Ray Compiled Graph (spmd_graph) agrees token for token with one worker
-in the engine (uni) at TP=1 and TP=2, with and without async scheduling; keeps a step in flight; reaches every rank with
-control calls; and sleeps when idle."""
+in the engine (uni) at TP=1 and TP=2, with and without async scheduling; keeps a
+step in flight; reaches every rank with control calls; and sleeps when idle."""
 
 import os
 import time
