@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.conftest import use_control_plane
-from tests.distributed.workloads import tp_requests
+from tests.distributed.workloads import generate_tp_requests as generate
 from vllm import LLM, EngineArgs
 from vllm.distributed.parallel_state import (
     PipelineGroup,
@@ -25,26 +25,6 @@ CASES = [
     ("spmd_ray", 1, 2, True, False),
     ("spmd_graph", 2, 2, False, False),
 ]
-
-
-@pytest.fixture(scope="module")
-def shared_ray():
-    import ray
-
-    ray.init(num_cpus=4, include_dashboard=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
-
-
-def generate(llm: LLM) -> dict[str, list[list[int]]]:
-    """Greedy and seeded batches under KV pressure (preemption)."""
-    prompts, greedy, seeded = tp_requests()
-    out = {
-        name: [o.outputs[0].token_ids for o in llm.generate(prompts, params, False)]
-        for name, params in (("greedy", greedy), ("seeded", seeded))
-    }
-    out["preempted"] = llm.llm_engine.scheduler.num_preemptions > 0
-    return out
 
 
 ENGINE = dict(max_model_len=224, num_gpu_blocks_override=14)
