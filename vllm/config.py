@@ -161,7 +161,8 @@ class ParallelConfig:
     use_spmd_worker: bool = False
     use_compiled_dag: bool = False
     ray_address: str = ""
-    # torch threads per worker; 0 splits the worker's machine evenly.
+    # torch threads per worker; 0 splits the worker's machine evenly between
+    # one pipeline stage's TP ranks (stages take turns).
     num_threads_per_worker: int = 0
     spmd_step_notifier: bool = True
     spmd_worker_niceness: int = 0

@@ -2,12 +2,14 @@
 TP=2 x PP=2 give the tokens of one worker in the engine (uni), with and without
 async scheduling, on every SPMD plane; the legacy planes refuse PP at start."""
 
+import os
+
 import pytest
 import torch
 
 from tests.conftest import use_control_plane
 from tests.distributed.workloads import generate_tp_requests as generate
-from vllm import LLM, EngineArgs
+from vllm import LLM, EngineArgs, envs
 from vllm.distributed.parallel_state import (
     PipelineGroup,
     TensorParallelGroup,
@@ -39,13 +41,15 @@ def reference(tiny_model):
     return out
 
 
-def stage_of(worker) -> tuple[int, int, int, list[int], list[str]]:
-    """Run on every rank: (rank, TP rank, stage, layers, top-level parts built)."""
+def stage_of(worker) -> tuple[int, int, int, list[int], list[str], int]:
+    """Run on every rank: (rank, TP rank, stage, layers, top-level parts built,
+    torch threads)."""
     model = worker.model_runner.model
     parts = [n for n in ("embed_tokens", "norm") if getattr(model.model, n)]
     parts += ["lm_head"] if model.lm_head is not None else []
     layers = list(worker.model_runner.layers)
-    return worker.rank, worker.tp.rank, worker.pp.stage, layers, parts
+    threads = torch.get_num_threads()
+    return worker.rank, worker.tp.rank, worker.pp.stage, layers, parts, threads
 
 
 @pytest.mark.parametrize(
@@ -95,10 +99,13 @@ def test_tokens_equal_uni(
     want_layers = [list(stage_layers(5, pp, s)) for s in range(pp)]
     assert [r[:3] for r in ranks] == [(r, r % tp, r // tp) for r in range(tp * pp)]
     assert [r[3] for r in ranks] == [want_layers[r // tp] for r in range(tp * pp)]
-    for rank, _, stage, _, parts in ranks:
+    for rank, _, stage, _, parts, _ in ranks:
         first, last = stage == 0, stage == pp - 1
         want = ["embed_tokens"] * first + ["norm", "lm_head"] * last
         assert parts == want, rank
+    # Stages take turns, so each gets the cores of its TP share of the machine.
+    threads = envs.VLLM_CPU_NUM_THREADS or max(1, (os.cpu_count() or 1) // tp)
+    assert [r[5] for r in ranks] == [threads] * (tp * pp)
 
 
 def test_stage_layers_cover_the_model_once():

@@ -37,10 +37,12 @@ class Worker:
 
     def init_device(self) -> None:
         pc = self.config.parallel_config
-        # 0 means automatic: this machine's cores, split between the ranks it
-        # hosts (all of them, on one machine).
+        # 0 means automatic: this machine's cores, split between the ranks
+        # that compute at once: one stage's TP ranks, since pipeline stages take
+        # turns (a waiting stage sleeps in recv). On 2 cores PP=2 with 2 threads
+        # a stage ran 1.35x the throughput of 1 thread a stage.
         threads = pc.num_threads_per_worker or max(
-            1, (os.cpu_count() or 1) // pc.world_size
+            1, (os.cpu_count() or 1) // pc.tensor_parallel_size
         )
         torch.set_num_threads(threads)
         if pc.world_size > 1:
