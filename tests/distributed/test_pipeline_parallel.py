@@ -2,6 +2,7 @@
 TP=2 x PP=2 give the tokens of one worker in the engine (uni), with and without
 async scheduling, on every SPMD plane; the legacy planes refuse PP at start."""
 
+import argparse
 import os
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from tests.conftest import use_control_plane
 from tests.distributed.workloads import generate_tp_requests as generate
 from vllm import LLM, EngineArgs, envs
+from vllm.config import ParallelConfig
 from vllm.distributed.parallel_state import (
     PipelineGroup,
     TensorParallelGroup,
@@ -181,3 +183,20 @@ def test_unsupported_combinations_fail_at_start(
     )
     with pytest.raises(ValueError, match=message):
         args.create_engine_config()
+
+
+def test_cli_flag_and_rank_layout():
+    parser = EngineArgs.add_cli_args(argparse.ArgumentParser())
+    args = EngineArgs.from_cli_args(parser.parse_args(["-pp", "3", "-tp", "2"]))
+    assert (args.pipeline_parallel_size, args.tensor_parallel_size) == (3, 2)
+    long = parser.parse_args(["--pipeline-parallel-size", "2"])
+    assert long.pipeline_parallel_size == 2
+    pc = ParallelConfig(
+        tensor_parallel_size=2,
+        pipeline_parallel_size=3,
+        distributed_executor_backend="mp",
+        use_spmd_worker=True,
+    )
+    # Stage-major: the last stage is ranks 4 and 5; its first rank answers.
+    assert (pc.world_size, pc.output_rank) == (6, 4)
+    assert PipelineGroup(rank=5, size=3, tp_size=2).stage == 2
