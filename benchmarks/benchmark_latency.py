@@ -157,8 +157,9 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.num_iters_warmup < 0:
         parser.error("--num-iters-warmup must be >= 0")
-    if args.backend == "llama.cpp" and args.tensor_parallel_size != 1:
-        parser.error("--backend llama.cpp runs on one process: use -tp 1")
+    one_rank = args.tensor_parallel_size * args.pipeline_parallel_size == 1
+    if args.backend == "llama.cpp" and not one_rank:
+        parser.error("--backend llama.cpp runs on one process: use -tp 1 -pp 1")
 
 
 if __name__ == "__main__":

@@ -285,12 +285,13 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.backend == "hf":
         if args.hf_max_batch_size is None or args.hf_max_batch_size < 1:
             parser.error("--backend hf needs --hf-max-batch-size >= 1")
-        if args.tensor_parallel_size != 1:
-            parser.error("--backend hf runs on one process: use -tp 1")
+        if args.tensor_parallel_size * args.pipeline_parallel_size != 1:
+            parser.error("--backend hf runs on one process: use -tp 1 -pp 1")
     elif args.hf_max_batch_size is not None:
         parser.error("--hf-max-batch-size applies to --backend hf only")
-    if args.backend == "llama.cpp" and args.tensor_parallel_size != 1:
-        parser.error("--backend llama.cpp runs on one process: use -tp 1")
+    one_rank = args.tensor_parallel_size * args.pipeline_parallel_size == 1
+    if args.backend == "llama.cpp" and not one_rank:
+        parser.error("--backend llama.cpp runs on one process: use -tp 1 -pp 1")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,11 @@ TINY_VARIANTS = {
     ),
     "qwen2_bias": ("Qwen2Config", dict(num_attention_heads=4, num_key_value_heads=2)),
     "llama_tp4": ("LlamaConfig", dict(num_attention_heads=8, num_key_value_heads=4)),
+    # Enough layers to split into pipeline stages (uneven at 3).
+    "llama_pp": (
+        "LlamaConfig",
+        dict(num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=5),
+    ),
     # The tokenizer's whole vocabulary, so text and chat prompts are valid input.
     "llama_full_vocab": (
         "LlamaConfig",

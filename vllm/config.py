@@ -152,13 +152,17 @@ class CacheConfig:
 @dataclass(frozen=True)
 class ParallelConfig:
     tensor_parallel_size: int = 1
+    # Stages the layers are split into; ranks are stage-major (rank = stage *
+    # tensor_parallel_size + TP rank), so a stage's TP ranks are neighbours.
+    pipeline_parallel_size: int = 1
     distributed_executor_backend: str = "uni"
     # Environment flags (see vllm/envs.py), read once by EngineArgs so every
     # component, in every process, sees the same choice.
     use_spmd_worker: bool = False
     use_compiled_dag: bool = False
     ray_address: str = ""
-    # torch threads per worker; 0 splits the worker's machine evenly.
+    # torch threads per worker; 0 splits the worker's machine evenly between
+    # one pipeline stage's TP ranks (stages take turns).
     num_threads_per_worker: int = 0
     spmd_step_notifier: bool = True
     spmd_worker_niceness: int = 0
@@ -171,12 +175,22 @@ class ParallelConfig:
 
     @property
     def world_size(self) -> int:
-        return self.tensor_parallel_size
+        return self.tensor_parallel_size * self.pipeline_parallel_size
+
+    @property
+    def output_rank(self) -> int:
+        """The rank that samples and answers each step: the last stage's first."""
+        return (self.pipeline_parallel_size - 1) * self.tensor_parallel_size
 
     def __post_init__(self) -> None:
         if self.tensor_parallel_size < 1:
             raise ValueError(
                 f"tensor_parallel_size must be >= 1; got {self.tensor_parallel_size}"
+            )
+        if self.pipeline_parallel_size < 1:
+            raise ValueError(
+                "pipeline_parallel_size must be >= 1; got "
+                f"{self.pipeline_parallel_size}"
             )
         if self.num_threads_per_worker < 0:
             raise ValueError(
@@ -193,6 +207,7 @@ class ParallelConfig:
                 "distributed_executor_backend must be one of "
                 f"{EXECUTOR_BACKENDS}; got {self.distributed_executor_backend!r}"
             )
+        self._check_pipeline()
         if self.distributed_executor_backend == "uni" and self.world_size > 1:
             raise ValueError(
                 "distributed_executor_backend 'uni' runs one worker; "
@@ -221,6 +236,18 @@ class ParallelConfig:
             )
         if self.mq_spin_us < 0:
             raise ValueError(f"VLLM_MQ_SPIN_US must be >= 0; got {self.mq_spin_us}")
+
+    def _check_pipeline(self) -> None:
+        """Stages pass hidden states rank to rank, which only SPMD ranks do: the
+        legacy driver broadcasts one stage's inputs, and 'uni' runs one worker."""
+        if self.pipeline_parallel_size == 1 or self.use_spmd_worker:
+            return
+        raise ValueError(
+            f"pipeline_parallel_size {self.pipeline_parallel_size} is not supported "
+            f"by the {self.distributed_executor_backend!r} executor (legacy "
+            "driver): set VLLM_USE_SPMD_WORKER=1 with --distributed-executor-backend "
+            "mp (or ray; VLLM_USE_RAY_COMPILED_DAG=1 for the compiled graph)"
+        )
 
 
 @dataclass(frozen=True)
@@ -274,8 +301,9 @@ class VllmConfig:
     lora_config: LoRAConfig | None = None  # None: LoRA off
 
     def __post_init__(self) -> None:
-        """Refuses a TP size the model cannot be split by, before any process
-        starts."""
+        """Refuses a TP or PP size the model cannot be split by, before any
+        process starts."""
+        self._check_pipeline()
         tp = self.parallel_config.tensor_parallel_size
         heads = self.model_config.num_attention_heads
         kv_heads = self.model_config.num_kv_heads
@@ -288,4 +316,20 @@ class VllmConfig:
             raise ValueError(
                 f"tensor_parallel_size {tp} and the model's {kv_heads} KV heads: "
                 "one must divide the other"
+            )
+
+    def _check_pipeline(self) -> None:
+        pp = self.parallel_config.pipeline_parallel_size
+        if pp == 1:
+            return
+        layers = self.model_config.num_layers
+        if pp > layers:
+            raise ValueError(
+                f"pipeline_parallel_size {pp} exceeds the model's {layers} layers "
+                "(every stage needs at least one)"
+            )
+        if self.lora_config is not None:
+            raise ValueError(
+                "LoRA (enable_lora) does not support pipeline parallelism: use "
+                f"tensor_parallel_size alone, or pipeline_parallel_size 1 (got {pp})"
             )

@@ -10,7 +10,7 @@ import psutil
 import pytest
 
 from tests.conftest import use_control_plane
-from tests.distributed.workloads import tp_requests
+from tests.distributed.workloads import generate_tp_requests as generate
 from vllm import LLM, SamplingParams
 from vllm.messages import (
     ExecuteModelRequest,
@@ -41,17 +41,6 @@ def make_llm(monkeypatch, plane: str, model: str, tp: int, **kwargs) -> LLM:
         max_model_len=224,
         **kwargs,
     )
-
-
-def generate(llm: LLM) -> dict[str, list[list[int]]]:
-    """Greedy and seeded batches under KV pressure (preemption)."""
-    prompts, greedy, seeded = tp_requests()
-    out = {
-        name: [o.outputs[0].token_ids for o in llm.generate(prompts, params, False)]
-        for name, params in (("greedy", greedy), ("seeded", seeded))
-    }
-    out["preempted"] = llm.llm_engine.scheduler.num_preemptions > 0
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,7 @@
 """Requests that the control-plane equality tests share."""
 
+from typing import Any
+
 import torch
 
 from vllm import SamplingParams
@@ -21,3 +23,15 @@ def tp_requests() -> tuple[list[dict], SamplingParams, list[SamplingParams]]:
         for i in range(len(prompts))
     ]
     return prompts, greedy, seeded
+
+
+def generate_tp_requests(llm: Any) -> dict[str, Any]:
+    """Greedy and seeded tokens of ``tp_requests`` on ``llm`` (an LLM), and
+    whether the engine preempted (it should, in 14 blocks of 16)."""
+    prompts, greedy, seeded = tp_requests()
+    out: dict[str, Any] = {
+        name: [o.outputs[0].token_ids for o in llm.generate(prompts, params, False)]
+        for name, params in (("greedy", greedy), ("seeded", seeded))
+    }
+    out["preempted"] = llm.llm_engine.scheduler.num_preemptions > 0
+    return out

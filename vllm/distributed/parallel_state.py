@@ -1,7 +1,9 @@
-"""The tensor-parallel group handed to the parallel layers.
+"""The tensor-parallel group handed to the parallel layers, and the pipeline
+stage a rank belongs to.
 
-It is passed down explicitly (no module-level global), so a model built for one rank
-carries everything it needs. With size 1 every collective is the identity.
+Both are passed down explicitly (no module-level global), so a model built for one
+rank carries everything it needs. With size 1 every collective is the identity.
+Ranks are stage-major: rank = stage * TP size + TP rank.
 """
 
 import socket
@@ -51,6 +53,64 @@ class TensorParallelGroup:
         return torch.cat(parts, dim=dim) if self.rank == 0 else None
 
 
+@dataclass(frozen=True)
+class PipelineGroup:
+    """This rank's pipeline stage. Stage s hands its hidden states and residual
+    to the same TP rank of stage s + 1 (point to point); the last stage's first
+    rank samples and shares the tokens with every rank."""
+
+    rank: int = 0  # in the world group
+    size: int = 1  # number of stages
+    tp_size: int = 1  # ranks per stage
+
+    @property
+    def stage(self) -> int:
+        return self.rank // self.tp_size
+
+    @property
+    def is_first(self) -> bool:
+        return self.stage == 0
+
+    @property
+    def is_last(self) -> bool:
+        return self.stage == self.size - 1
+
+    @property
+    def output_rank(self) -> int:
+        return (self.size - 1) * self.tp_size
+
+    def layers(self, num_layers: int) -> range:
+        """This stage's layers: an even split, earlier stages taking one more
+        when it does not divide (the last stage also runs the LM head)."""
+        return stage_layers(num_layers, self.size, self.stage)
+
+    def send_next(
+        self,
+        hidden: torch.Tensor,  # [T, H]
+        residual: torch.Tensor,  # [T, H]
+    ) -> None:
+        dist.send(torch.stack([hidden, residual]), dst=self.rank + self.tp_size)
+
+    def recv_prev(
+        self, num_tokens: int, hidden_size: int, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # [T, H] each
+        both = torch.empty(2, num_tokens, hidden_size, dtype=dtype)
+        dist.recv(both, src=self.rank - self.tp_size)
+        return both[0], both[1]
+
+    def share_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """In place, from the output rank to every rank of the world."""
+        if self.size * self.tp_size > 1 and len(tokens):
+            dist.broadcast(tokens, src=self.output_rank)
+        return tokens
+
+
+def stage_layers(num_layers: int, num_stages: int, stage: int) -> range:
+    base, extra = divmod(num_layers, num_stages)
+    start = stage * base + min(stage, extra)
+    return range(start, start + base + (stage < extra))
+
+
 def divide(numerator: int, denominator: int, what: str) -> int:
     if numerator % denominator:
         raise ValueError(
@@ -77,27 +137,39 @@ def check_world_group_free() -> None:
 
 
 def init_distributed(
-    rank: int, world_size: int, init_method: str
-) -> TensorParallelGroup:
-    """Joins the world group (gloo on CPU, NCCL with CUDA); the TP group spans it.
-    The timeout bounds how long a rank waits on a dead peer."""
+    rank: int, init_method: str, tp_size: int, pp_size: int = 1
+) -> tuple[TensorParallelGroup, PipelineGroup]:
+    """Joins the world group (gloo on CPU, NCCL with CUDA) of tp_size * pp_size
+    ranks; each stage's TP group spans its tp_size consecutive ranks (the whole
+    world without pipeline stages). The timeout bounds how long a rank waits on
+    a dead peer."""
     check_world_group_free()
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     dist.init_process_group(
         backend,
         init_method=init_method,
         rank=rank,
-        world_size=world_size,
+        world_size=tp_size * pp_size,
         timeout=timedelta(minutes=10),
     )
-    return TensorParallelGroup(rank=rank, size=world_size, group=dist.group.WORLD)
+    stage = rank // tp_size
+    group = dist.group.WORLD
+    if pp_size > 1 and tp_size > 1:
+        # Every rank takes part in creating every group, in the same order.
+        groups = [
+            dist.new_group(list(range(s * tp_size, (s + 1) * tp_size)))
+            for s in range(pp_size)
+        ]
+        group = groups[stage]
+    tp = TensorParallelGroup(rank=rank % tp_size, size=tp_size, group=group)
+    return tp, PipelineGroup(rank=rank, size=pp_size, tp_size=tp_size)
 
 
-def destroy_distributed(tp: TensorParallelGroup | None = None) -> None:
-    """Leaves the world group. Given the caller's TP group, only when that group
-    spans processes: a single-rank engine never joined the world group, and must
-    not tear down the one a TP engine's driver uses in the same process."""
-    if tp is not None and tp.size == 1:
+def destroy_distributed(world_size: int = 2) -> None:
+    """Leaves the world group, if the caller's world spans processes: a
+    single-rank engine never joined it, and must not tear down the one a TP
+    engine's driver uses in the same process."""
+    if world_size == 1:
         return
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

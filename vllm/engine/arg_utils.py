@@ -42,6 +42,7 @@ class EngineArgs:
     num_gpu_blocks_override: int | None = None
     enable_prefix_caching: bool = False
     tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
     distributed_executor_backend: str | None = None
     load_format: str = "auto"
     # Accepted for vLLM compatibility and ignored: there is no graph capture on
@@ -61,7 +62,13 @@ class EngineArgs:
         check_str("tokenizer", self.tokenizer, optional=True)
         if not isinstance(self.dtype, torch.dtype):
             check_str("dtype", self.dtype)
-        for name in ("seed", "block_size", "max_num_seqs", "tensor_parallel_size"):
+        for name in (
+            "seed",
+            "block_size",
+            "max_num_seqs",
+            "tensor_parallel_size",
+            "pipeline_parallel_size",
+        ):
             check_int(name, getattr(self, name))
         check_int("max_logprobs", self.max_logprobs)
         # None picks a default, so 0 must not slip through as "unset".
@@ -118,6 +125,13 @@ class EngineArgs:
             help="reuse the KV cache of shared prompt prefixes",
         )
         add("--tensor-parallel-size", "-tp", type=int, default=1)
+        add(
+            "--pipeline-parallel-size",
+            "-pp",
+            type=int,
+            default=1,
+            help="stages the layers are split into (needs VLLM_USE_SPMD_WORKER=1)",
+        )
         add("--distributed-executor-backend", choices=EXECUTOR_BACKENDS, default=None)
         add("--load-format", choices=LOAD_FORMATS, default=d.load_format)
         add(
@@ -198,9 +212,11 @@ class EngineArgs:
             if spmd:
                 backend = "ray"
             else:
-                backend = "uni" if self.tensor_parallel_size == 1 else "mp"
+                world = self.tensor_parallel_size * self.pipeline_parallel_size
+                backend = "uni" if world == 1 else "mp"
         return ParallelConfig(
             tensor_parallel_size=self.tensor_parallel_size,
+            pipeline_parallel_size=self.pipeline_parallel_size,
             distributed_executor_backend=backend,
             use_spmd_worker=spmd,
             use_compiled_dag=envs.VLLM_USE_RAY_COMPILED_DAG,

@@ -3,7 +3,11 @@ process holds no weights, no KV cache and no torch.distributed group.
 
 Each step the engine encodes one ``ExecuteModelRequest`` (a delta, see
 ``vllm.messages``) and sends the same bytes to every rank, which decodes it, updates
-its own request states and runs the step; only rank 0's ``SamplerOutput`` is read.
+its own request states and runs the step; only the output rank's ``SamplerOutput``
+is read (rank 0's; with pipeline stages the last stage's first rank's). Pipeline
+stages hand hidden states to each other over torch.distributed inside
+``execute_frame``, as on the ring planes, rather than along graph edges: the
+worker runs one code path on every SPMD plane.
 With ``VLLM_USE_RAY_COMPILED_DAG=1`` the bytes travel through a Ray Compiled Graph
 (input node -> every worker's ``execute_frame`` -> multi-output node) over
 shared-memory channels; otherwise through plain actor calls. Once the graph is
@@ -75,7 +79,7 @@ class _SPMDGroup:
         self.group = group
         self.started_ray = started_ray
         self.graph: Any = None
-        self.notify: socket.socket | None = None  # rank 0's step-done pings
+        self.notify: socket.socket | None = None  # the output rank's step pings
         self.notify_path = ""
         self.closed = False
         self.stats = GraphStats()
@@ -196,13 +200,14 @@ class RaySPMDExecutor(Executor):
 
     def _step_output(self, results: list[bytes]) -> SamplerOutput:
         self.bytes_received += sum(len(r) for r in results)
-        return messages.decode_output(results[0])
+        return messages.decode_output(results[self.config.parallel_config.output_rank])
 
     def _build_graph(self) -> None:
         """Compiles the graph: before the first step, and after an idle teardown."""
         pc = self.config.parallel_config
         g = self._group
-        if pc.spmd_step_notifier and self._health.local[0] and g.notify is None:
+        local = self._health.local[pc.output_rank]
+        if pc.spmd_step_notifier and local and g.notify is None:
             self._open_notifier()  # once: it outlives a torn-down graph
         # A rank that died while the graph was down must be named, not left to
         # fail the compile obscurely.
@@ -228,7 +233,8 @@ class RaySPMDExecutor(Executor):
         sock.bind(path)
         sock.settimeout(self._poll_s)
         self._group.notify, self._group.notify_path = sock, path
-        ray.get(self.actors[0].set_step_notifier.remote(path))
+        output_actor = self.actors[self.config.parallel_config.output_rank]
+        ray.get(output_actor.set_step_notifier.remote(path))
 
     def _compile(self) -> Any:
         from ray.dag import InputNode, MultiOutputNode
@@ -280,7 +286,8 @@ class RaySPMDExecutor(Executor):
             raise
 
     def _sleep_until_done(self) -> None:
-        """Blocks in the kernel until rank 0 pings; checks liveness meanwhile."""
+        """Blocks in the kernel until the output rank pings; checks liveness
+        meanwhile."""
         sock = self._group.notify
         while True:
             try:

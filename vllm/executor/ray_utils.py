@@ -43,8 +43,9 @@ class RayWorkerWrapper:
         os.nice(increment)
 
     def set_step_notifier(self, path: str) -> None:
-        """Rank 0 pings the engine at path when a step's output is ready, so the
-        engine can sleep in the kernel instead of spinning on the channel."""
+        """The output rank pings the engine at path when a step's output is
+        ready, so the engine can sleep in the kernel instead of spinning on the
+        channel."""
         self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._notify.connect(path)
 
@@ -52,8 +53,9 @@ class RayWorkerWrapper:
         return run_worker_method(self.worker, method, args, kwargs)
 
     def execute_frame(self, frame: bytes) -> bytes:
-        """A step returns rank 0's encoded SamplerOutput and an empty frame on
-        other ranks; a control call returns every rank's pickled result."""
+        """A step returns the output rank's encoded SamplerOutput and an empty
+        frame on other ranks; a control call returns every rank's pickled
+        result."""
         if frame[:1] == STEP:
             out = self.worker.execute_model(messages.decode_request(frame[1:]))
             if out is None:

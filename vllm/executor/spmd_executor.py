@@ -3,7 +3,8 @@ its own process; the engine process holds no model.
 
 The engine writes each step's bytes (``STEP`` + the encoded ``ExecuteModelRequest``)
 or a control call (``encode_call``) once into a broadcast ring that every rank reads
-(see ``spmd_host``); rank 0's output comes back through its own reply ring. Waits
+(see ``spmd_host``); the output rank's output (rank 0's, or with pipeline stages the
+last stage's first rank's) comes back through its own reply ring. Waits
 take timeouts, between which the engine checks that every rank lives, so a dead
 rank is reported as ``WorkerDiedError`` instead of a hang. ``submit_model`` writes a
 step and returns at once, so the engine may keep one step in flight.
@@ -93,6 +94,7 @@ class SPMDRingExecutor(Executor):
         self._submitted = self._received = 0  # steps written, outputs read
         self._outputs: dict[int, Any] = {}  # outputs read ahead of their caller
         self._failed = False  # a rank died or is stuck: no call can succeed
+        self._output_rank = pc.output_rank  # the rank that answers steps
         try:
             handles = self._start_ranks(step.handle())
             self._rings.replies = [ShmRingReader(h, 0) for h in handles]
@@ -141,12 +143,12 @@ class SPMDRingExecutor(Executor):
         return out
 
     def _read_step(self) -> SamplerOutput | None | BaseException:
-        """Rank 0's reply to the oldest step in flight; a failure is returned
-        (raised by that step's caller), a death raised at once."""
-        reply = self._read(0, in_step=True)
+        """The output rank's reply to the oldest step in flight; a failure is
+        returned (raised by that step's caller), a death raised at once."""
+        reply = self._read(self._output_rank, in_step=True)
         self.bytes_received += len(reply)
         # Other ranks answer a step only when it failed on them.
-        for rank, ring in enumerate(self._rings.replies[1:], start=1):
+        for rank, ring in self._other_rings():
             if ring.ready():
                 reply = self._read(rank)
         if reply[:1] == OUTPUT:
@@ -178,10 +180,15 @@ class SPMDRingExecutor(Executor):
                 return reply
             raise RuntimeError(f"unknown reply {reply[:1]!r} from rank {rank}")
 
+    def _other_rings(self) -> list[tuple[int, ShmRingReader]]:
+        """(rank, reply ring) of every rank but the output rank."""
+        rings = enumerate(self._rings.replies)
+        return [(rank, ring) for rank, ring in rings if rank != self._output_rank]
+
     def _raise_if_peer_failed(self) -> None:
-        """A step that failed on rank r > 0 leaves rank 0 waiting in a collective
-        for it: rank 0 will not answer, so r's failure is the step's."""
-        for ring in self._rings.replies[1:]:
+        """A step that failed on another rank leaves the output rank waiting in
+        a collective for it: it will not answer, so that failure is the step's."""
+        for _, ring in self._other_rings():
             if ring.ready():
                 reply = ring.read()
                 self._failed = True

@@ -3,10 +3,11 @@
 Every rank reads each frame the engine writes once into the step ring (see
 ``vllm.distributed.shm_broadcast``) and runs it on its ``Worker``; each rank writes
 its replies into a ring of its own that only the engine reads. A step's reply comes
-from rank 0 alone (the others hold the same tokens and stay silent unless the step
-fails on them); a control call is answered by every rank, so ``collective_rpc``
-returns each rank's result. The same host runs in a spawned process (mp) and in a
-thread of a Ray actor.
+from the output rank alone (``ParallelConfig.output_rank``: rank 0 without pipeline
+stages, else the last stage's first; the others hold the same tokens and stay
+silent unless the step fails on them); a control call is answered by every rank,
+so ``collective_rpc`` returns each rank's result. The same host runs in a spawned
+process (mp) and in a thread of a Ray actor.
 """
 
 import contextlib
@@ -21,7 +22,7 @@ from vllm.executor.executor_base import run_worker_method
 from vllm.executor.ray_utils import CALL, STEP
 
 EXIT = b"X"  # engine -> ranks: close the rings and return
-# rank -> engine: a step's SamplerOutput (rank 0), a control call's pickled result,
+# rank -> engine: a step's SamplerOutput (output rank), a control call's pickled result,
 # a control call's failure, a step's failure (any rank).
 OUTPUT, RESULT, CALL_FAILED, STEP_FAILED = b"O", b"R", b"E", b"F"
 
@@ -66,8 +67,9 @@ class RankHost:
                 out = self.worker.execute_model(messages.decode_request(body))
             except Exception:
                 return STEP_FAILED + _failure(self.rank)
-            # Every rank samples the same tokens; only rank 0 answers.
-            return OUTPUT + messages.encode(out) if self.rank == 0 else None
+            # Every rank holds the same tokens; only the output rank answers
+            # (the worker returns None on the others).
+            return None if out is None else OUTPUT + messages.encode(out)
         assert frame[:1] == CALL, frame[:1]
         try:
             method, args, kwargs = pickle.loads(body)

@@ -91,8 +91,9 @@ class SPMDRayExecutor(SPMDRingExecutor):
         frame = STEP + messages.encode(req)
         self.bytes_sent += len(frame)
         refs = [a.execute_frame.remote(frame) for a in self._actors]
+        rank = self.config.parallel_config.output_rank
         return lambda: messages.decode_output(
-            wait_all(refs, self._health, self._poll_s)[0]
+            wait_all(refs, self._health, self._poll_s)[rank]
         )
 
     def shutdown(self) -> None:

@@ -12,7 +12,7 @@ import contextlib
 import torch
 
 from vllm.config import VllmConfig
-from vllm.distributed.parallel_state import TensorParallelGroup
+from vllm.distributed.parallel_state import PipelineGroup, TensorParallelGroup
 from vllm.messages import ExecuteModelRequest, PromptLogprobs, SamplerOutput
 from vllm.model_executor.layers.attention import AttentionMetadata, PrefillSeq
 from vllm.model_executor.layers.sampler import logprobs_at, sample
@@ -26,9 +26,17 @@ _scope = torch.profiler.record_function  # named spans for benchmarks/profile_st
 
 
 class ModelRunner:
-    def __init__(self, config: VllmConfig, tp: TensorParallelGroup):
+    def __init__(
+        self,
+        config: VllmConfig,
+        tp: TensorParallelGroup,
+        pp: PipelineGroup | None = None,
+    ):
         self.config = config
         self.tp = tp
+        self.pp = pp or PipelineGroup()
+        # This rank's pipeline stage runs these layers (all, without stages).
+        self.layers = self.pp.layers(config.model_config.num_layers)
         self.block_size = config.cache_config.block_size
         self.requests = RequestStates()
         self.batch = InputBatch(
@@ -41,7 +49,7 @@ class ModelRunner:
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def load_model(self) -> None:
-        self.model = get_model(self.config.model_config, self.tp)
+        self.model = get_model(self.config.model_config, self.tp, self.layers)
         if self.config.lora_config is not None:
             from vllm.lora.worker_manager import LoRAManager
 
@@ -52,7 +60,7 @@ class ModelRunner:
         shape = (num_blocks, num_kv_heads, self.block_size, mc.head_size)
         self.kv_caches = [
             (torch.zeros(shape, dtype=mc.dtype), torch.zeros(shape, dtype=mc.dtype))
-            for _ in range(mc.num_layers)
+            for _ in self.layers
         ]
 
     @torch.inference_mode()
@@ -66,12 +74,24 @@ class ModelRunner:
 
     @torch.inference_mode()
     def forward(self, inp: ModelInput, gather_to_all: bool) -> torch.Tensor | None:
-        """-> float32 logits [N, vocab] of inp.logits_rows, on every rank if
-        gather_to_all, else on rank 0 only (None elsewhere)."""
+        """-> float32 logits [N, vocab] of inp.logits_rows, on every rank of the
+        last pipeline stage if gather_to_all, else on its first rank only (None
+        elsewhere). A stage before the last hands its output to the next."""
+        pp = self.pp
         with _scope("vllm::forward"), _flush_subnormals():
             if inp.lora is not None:
                 self.lora_manager.apply(inp.lora)
-            hidden = self.model(inp.input_ids, inp.positions, self.kv_caches, inp.meta)
+            carried = None
+            if not pp.is_first:
+                mc = self.config.model_config
+                size = (len(inp.input_ids), mc.hf_config.hidden_size, mc.dtype)
+                carried = pp.recv_prev(*size)
+            hidden = self.model(
+                inp.input_ids, inp.positions, self.kv_caches, inp.meta, carried
+            )
+        if not pp.is_last:
+            pp.send_next(*hidden)
+            return None
         if not len(inp.logits_rows):
             return torch.empty(0, 0)
         with _scope("vllm::compute_logits"):

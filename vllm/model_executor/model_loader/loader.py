@@ -1,4 +1,5 @@
-"""Builds the model for one tensor-parallel rank and fills its weights."""
+"""Builds the model for one tensor-parallel rank (and pipeline stage: its layers
+only) and fills its weights."""
 
 import torch
 from torch import nn
@@ -8,12 +9,16 @@ from vllm.distributed.parallel_state import TensorParallelGroup
 from vllm.model_executor.models.registry import resolve_model_class
 
 
-def get_model(model_config: ModelConfig, tp: TensorParallelGroup) -> nn.Module:
+def get_model(
+    model_config: ModelConfig,
+    tp: TensorParallelGroup,
+    layers: range | None = None,  # a pipeline stage's layers; None: all
+) -> nn.Module:
     cls = resolve_model_class(getattr(model_config.hf_config, "architectures", None))
     previous = torch.get_default_dtype()
     torch.set_default_dtype(model_config.dtype)
     try:
-        model = cls(model_config, tp)
+        model = cls(model_config, tp, layers)
     finally:
         torch.set_default_dtype(previous)
     if model_config.load_format == "dummy":

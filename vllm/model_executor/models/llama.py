@@ -119,11 +119,27 @@ class LlamaDecoderLayer(nn.Module):
         return self.mlp(x), residual
 
 
+# What a pipeline stage hands the next one: hidden states and residual, [T, H] each.
+Carried = tuple[torch.Tensor, torch.Tensor]
+
+
 class LlamaModel(nn.Module):
-    def __init__(self, mc: ModelConfig, tp: TensorParallelGroup):
+    """Builds the layers in ``layers`` (all by default; a pipeline stage's share
+    otherwise), the embedding only if they start at layer 0 and the final norm
+    only if they end at the last. Layers outside the range are parameterless
+    placeholders, so parameter names keep the checkpoint's layer numbers."""
+
+    def __init__(
+        self, mc: ModelConfig, tp: TensorParallelGroup, layers: range | None = None
+    ):
         super().__init__()
         c = mc.hf_config
-        self.embed_tokens = VocabParallelEmbedding(mc.vocab_size, c.hidden_size, tp)
+        self.layer_range = layers = layers or range(mc.num_layers)
+        self.embed_tokens = (
+            VocabParallelEmbedding(mc.vocab_size, c.hidden_size, tp)
+            if layers.start == 0
+            else None
+        )
         rotary_emb = RotaryEmbedding(
             mc.head_size,
             mc.max_model_len,
@@ -132,20 +148,28 @@ class LlamaModel(nn.Module):
             kernels=mc.use_custom_kernels,
         )
         self.layers = nn.ModuleList(
-            LlamaDecoderLayer(mc, tp, rotary_emb) for _ in range(mc.num_layers)
+            LlamaDecoderLayer(mc, tp, rotary_emb) if i in layers else nn.Identity()
+            for i in range(mc.num_layers)
         )
-        self.norm = _rms_norm(mc)
+        self.norm = _rms_norm(mc) if layers.stop == mc.num_layers else None
 
     def forward(
         self,
         input_ids: torch.Tensor,  # [T]
         positions: torch.Tensor,  # [T]
-        kv_caches: list[KVCache],  # one per layer
+        kv_caches: list[KVCache],  # one per layer in layer_range
         meta: AttentionMetadata,
-    ) -> torch.Tensor:  # [T, H]
-        x, residual = self.embed_tokens(input_ids), None
-        for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
+        carried: Carried | None = None,  # from the previous stage, if any
+    ) -> torch.Tensor | Carried:  # [T, H], or what the next stage takes
+        if self.embed_tokens is not None:
+            x, residual = self.embed_tokens(input_ids), None
+        else:
+            x, residual = carried
+        stage = self.layers[self.layer_range.start : self.layer_range.stop]
+        for layer, kv_cache in zip(stage, kv_caches, strict=True):
             x, residual = layer(positions, x, residual, kv_cache, meta)
+        if self.norm is None:
+            return x, residual
         if residual is None:  # no layer (the control-plane benchmark's null model)
             return self.norm(x)
         x, _ = self.norm(x, residual)
@@ -194,12 +218,18 @@ class LlamaForCausalLM(nn.Module):
             for name, shape in shapes.items()
         }
 
-    def __init__(self, mc: ModelConfig, tp: TensorParallelGroup):
+    def __init__(
+        self, mc: ModelConfig, tp: TensorParallelGroup, layers: range | None = None
+    ):
         super().__init__()
         self.config = c = mc.hf_config
-        self.model = LlamaModel(mc, tp)
-        self.lm_head = ParallelLMHead(mc.vocab_size, c.hidden_size, tp)
-        if getattr(c, "tie_word_embeddings", False):
+        self.model = LlamaModel(mc, tp, layers)
+        last = self.model.norm is not None
+        self.lm_head = (
+            ParallelLMHead(mc.vocab_size, c.hidden_size, tp) if last else None
+        )
+        self.tied = bool(getattr(c, "tie_word_embeddings", False))
+        if self.tied and last and self.model.embed_tokens is not None:
             self.lm_head.weight = self.model.embed_tokens.weight
 
     def forward(
@@ -208,8 +238,9 @@ class LlamaForCausalLM(nn.Module):
         positions: torch.Tensor,
         kv_caches: list[KVCache],
         meta: AttentionMetadata,
-    ) -> torch.Tensor:
-        return self.model(input_ids, positions, kv_caches, meta)
+        carried: Carried | None = None,
+    ) -> torch.Tensor | Carried:
+        return self.model(input_ids, positions, kv_caches, meta, carried)
 
     def compute_logits(
         self, hidden: torch.Tensor, gather_to_all: bool = True
@@ -220,10 +251,14 @@ class LlamaForCausalLM(nn.Module):
         """Loads HF-named tensors; returns the parameter names that were filled."""
         params = dict(self.named_parameters(remove_duplicate=False))
         owners = {name: self.get_submodule(name.rsplit(".", 1)[0]) for name in params}
-        tied = getattr(self.config, "tie_word_embeddings", False)
+        tied, embed = self.tied, self.model.embed_tokens
         loaded: set[str] = set()
         for name, tensor in weights:
             if "rotary_emb.inv_freq" in name or (tied and name == "lm_head.weight"):
+                continue
+            if tied and embed is None and name == "model.embed_tokens.weight":
+                name = "lm_head.weight"  # a last stage without the embedding
+            if self._built_elsewhere(name):
                 continue
             shard_id = None
             for hf_part, our_part, sid in _STACKED:
@@ -243,6 +278,15 @@ class LlamaForCausalLM(nn.Module):
         if tied:
             loaded.add("lm_head.weight")
         return loaded
+
+    def _built_elsewhere(self, name: str) -> bool:
+        """A checkpoint tensor of a part another pipeline stage builds."""
+        parts = name.split(".")
+        if parts[:2] == ["model", "layers"]:
+            return int(parts[2]) not in self.model.layer_range
+        if parts[0] == "model" and parts[1] in ("embed_tokens", "norm"):
+            return getattr(self.model, parts[1]) is None
+        return parts[0] == "lm_head" and self.lm_head is None
 
 
 def _copy_whole(param: nn.Parameter, loaded: torch.Tensor) -> None:
