@@ -97,6 +97,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "its transport alone)",
     )
     p.add_argument(
+        "--pipeline-parallel-size",
+        "-pp",
+        type=int,
+        default=1,
+        help="pipeline stages of the SPMD paths (needs --num-layers >= it)",
+    )
+    p.add_argument(
         "--config-overrides",
         type=json.loads,
         default={},
@@ -113,6 +120,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--num-steps, batch sizes and context lengths must be >= 1")
     if args.num_layers < 0:
         p.error("--num-layers must be >= 0")
+    if not 1 <= args.pipeline_parallel_size <= max(1, args.num_layers):
+        p.error("--pipeline-parallel-size must be >= 1 and <= --num-layers")
     if not args.idle_seconds >= 0:
         p.error("--idle-seconds must be >= 0")
     return args
@@ -251,16 +260,17 @@ def measure(llm: Any, name: str, batch: int, context: int, ctx: dict) -> dict:
 def run_path(name: str, ctx: dict) -> tuple[list[dict], dict | None]:
     from vllm import LLM
 
-    plane = PATHS[name]
+    plane, args = PATHS[name], ctx["args"]
+    one_process = plane.backend == "uni"
+    pp = args.pipeline_parallel_size if plane.spmd else 1
     if plane.backend == "ray":
-        ensure_ray(ctx["args"].tensor_parallel_size)
+        ensure_ray(args.tensor_parallel_size * pp)
     rows, idle = [], None
     with path_env(name):
         llm = LLM(
             ctx["model"],
-            tensor_parallel_size=1
-            if plane.backend == "uni"
-            else ctx["args"].tensor_parallel_size,
+            tensor_parallel_size=1 if one_process else args.tensor_parallel_size,
+            pipeline_parallel_size=pp,
             distributed_executor_backend=plane.backend,
             **ctx["engine_kwargs"],
         )
