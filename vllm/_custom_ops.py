@@ -22,10 +22,11 @@ logger = init_logger(__name__)
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16)
 
 # ``linear`` runs the compiled kernel for calls with at most this many rows
-# (decode batches); more rows go to F.linear's blocked GEMM, which wins from
-# about 256 rows on. Measured with benchmarks/kernels/benchmark_linear.py
-# (benchmarks/README.md, "Few-row linear kernel").
-LINEAR_KERNEL_MAX_ROWS = 128
+# (decode batches). On SmolLM2's layer shapes it is 1.3-2.2x F.linear up to 64
+# rows, level with it at 128 and behind at 256, where F.linear's blocked GEMM
+# wins (benchmarks/kernels/benchmark_linear.py; benchmarks/README.md,
+# "Few-row linear kernel").
+LINEAR_KERNEL_MAX_ROWS = 64
 
 
 def _load_kernels() -> bool:
