@@ -72,7 +72,10 @@ OP_NAMES = (
         ("_C::rms_norm", "_C::fused_add_rms_norm", "_C::rotary_embedding")
         + ("_C::silu_and_mul",),
     ),
-    ("linear", ("aten::linear", "aten::addmm", "aten::mm", "aten::matmul")),
+    (
+        "linear",
+        ("aten::linear", "aten::addmm", "aten::mm", "aten::matmul", "_C::linear"),
+    ),
 )
 # Python functions of the torch fallbacks (vllm/_custom_ops.py) and the layers.
 FRAMES = (

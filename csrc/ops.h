@@ -4,6 +4,8 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <optional>
+
 void rms_norm(at::Tensor& out,           // [T, H]
               const at::Tensor& x,       // [T, H]
               const at::Tensor& weight,  // [H]
@@ -37,3 +39,8 @@ void paged_attention_decode(at::Tensor& out,               // [B, Hq, D]
                             const at::Tensor& block_tables,  // [B, max_blocks] int32
                             const at::Tensor& context_lens,  // [B] int32
                             double scale);
+
+void linear(at::Tensor& out,                       // [M, N]
+            const at::Tensor& x,                   // [M, K]
+            const at::Tensor& weight,              // [N, K]
+            const std::optional<at::Tensor>& bias);  // [N]

@@ -24,6 +24,7 @@ TORCH_LIBRARY(_C, m) {
       "paged_attention_decode(Tensor! out, Tensor query, Tensor key_cache,"
       " Tensor value_cache, Tensor block_tables, Tensor context_lens,"
       " float scale) -> ()");
+  m.def("linear(Tensor! out, Tensor x, Tensor weight, Tensor? bias) -> ()");
 }
 
 // CUDA kernels will register under the same schemas with
@@ -35,6 +36,7 @@ TORCH_LIBRARY_IMPL(_C, CPU, m) {
   m.impl("silu_and_mul", &silu_and_mul);
   m.impl("reshape_and_cache", &reshape_and_cache);
   m.impl("paged_attention_decode", &paged_attention_decode);
+  m.impl("linear", &linear);
 }
 
 // An empty Python module: it exists so that `import vllm._C` finds and loads

@@ -6,8 +6,9 @@ dispatch to its kernels (``torch.ops._C.<op>``, see ``csrc/torch_bindings.cpp``)
 for fp32/bf16 CPU tensors; ``kernels=False`` forces the torch path (model layers
 pass ``ModelConfig.use_custom_kernels``, set from ``VLLM_USE_CUSTOM_KERNELS`` once
 when the engine config is built). ``HAS_KERNELS`` tells whether the extension
-loaded. All ops write into caller-provided tensors, so both paths share one
-calling shape.
+loaded. All ops but ``linear`` write into caller-provided tensors, so both paths
+share one calling shape; ``linear`` returns its output like ``F.linear``, whose
+large-row calls it leaves untouched.
 """
 
 import torch
@@ -19,6 +20,13 @@ logger = init_logger(__name__)
 
 # Dtypes the compiled kernels take; anything else runs the torch path.
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16)
+
+# ``linear`` runs the compiled kernel for calls with at most this many rows
+# (decode batches). On SmolLM2's layer shapes it is 1.3-2.2x F.linear up to 64
+# rows, level with it at 128 and behind at 256, where F.linear's blocked GEMM
+# wins (benchmarks/kernels/benchmark_linear.py; benchmarks/README.md,
+# "Few-row linear kernel").
+LINEAR_KERNEL_MAX_ROWS = 64
 
 
 def _load_kernels() -> bool:
@@ -154,7 +162,37 @@ def _torch_paged_attention_decode(
     out.copy_(torch.matmul(probs, v).view(b, hq, d))
 
 
+def _torch_linear(
+    x: torch.Tensor,  # [M, K]
+    weight: torch.Tensor,  # [N, K]
+    bias: torch.Tensor | None,  # [N]
+) -> torch.Tensor:  # [M, N]
+    return F.linear(x, weight, bias)
+
+
 # Public ops: the compiled kernel when enabled, else the torch code above.
+
+
+def linear(
+    x: torch.Tensor,  # [M, K]
+    weight: torch.Tensor,  # [N, K]
+    bias: torch.Tensor | None = None,  # [N]
+    kernels: bool = True,
+) -> torch.Tensor:  # [M, N]
+    """x @ weight.T + bias. Calls of at most LINEAR_KERNEL_MAX_ROWS rows run the
+    kernel, which reads each weight row once for all rows, near the memory
+    bandwidth; others (and inputs whose rows are not dense) run F.linear."""
+    tensors = (weight,) if bias is None else (weight, bias)
+    if (
+        x.dim() == 2
+        and x.shape[0] <= LINEAR_KERNEL_MAX_ROWS
+        and all(t.stride(-1) == 1 for t in (x, *tensors))
+        and kernels_enabled(kernels, x, *tensors)
+    ):
+        out = torch.empty(x.shape[0], weight.shape[0], dtype=x.dtype)
+        torch.ops._C.linear(out, x, weight, bias)
+        return out
+    return _torch_linear(x, weight, bias)
 
 
 def rms_norm(

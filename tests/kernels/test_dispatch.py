@@ -45,5 +45,14 @@ def test_env_flag_reaches_every_layer_once(monkeypatch, tiny_model) -> None:
         model = get_model(config.model_config, TensorParallelGroup())
         flags = [m.kernels for m in model.modules() if hasattr(m, "kernels")]
         kinds = {type(m).__name__ for m in model.modules() if hasattr(m, "kernels")}
-        assert kinds == {"Attention", "RMSNorm", "RotaryEmbedding", "SiluAndMul"}
+        assert kinds == {
+            "Attention",
+            "RMSNorm",
+            "RotaryEmbedding",
+            "SiluAndMul",
+            "QKVParallelLinear",
+            "RowParallelLinear",
+            "MergedColumnParallelLinear",
+            "ParallelLMHead",
+        }
         assert set(flags) == {want}

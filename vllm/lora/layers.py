@@ -20,9 +20,9 @@ any other order are gathered by slot and added back with one scatter.
 """
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from vllm import _custom_ops as ops
 from vllm.model_executor.layers.linear import RowParallelLinear
 
 
@@ -118,7 +118,7 @@ class LoRALinear(nn.Module):
             out = base(x)
             self._add_delta(x, out)
             return out
-        out = F.linear(x, base.weight)  # this rank's partial sum
+        out = ops.linear(x, base.weight, None, base.kernels)  # this rank's partial sum
         self._add_delta(x, out)
         out = base.tp.all_reduce(out)
         return out if base.bias is None else out + base.bias

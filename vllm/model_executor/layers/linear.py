@@ -3,13 +3,14 @@
 Each layer holds only its rank's shard and knows how to cut that shard out of a full
 checkpoint tensor (its ``weight_loader``), so model code stays free of rank logic.
 Column-parallel layers split output features; row-parallel layers split input
-features and all-reduce their partial sums.
+features and all-reduce their partial sums. With ``kernels``, few-row (decode)
+matmuls run the compiled kernel (``ops.linear``).
 """
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from vllm import _custom_ops as ops
 from vllm.distributed.parallel_state import TensorParallelGroup, divide
 
 
@@ -24,9 +25,11 @@ class ColumnParallelLinear(nn.Module):
         output_size: int,
         tp: TensorParallelGroup,
         bias: bool = False,
+        kernels: bool = True,
     ):
         super().__init__()
         self.tp = tp
+        self.kernels = kernels  # use the compiled kernel where it applies
         self.output_size_per_partition = divide(output_size, tp.size, "output size")
         self.weight = nn.Parameter(
             torch.empty(self.output_size_per_partition, input_size),
@@ -45,7 +48,7 @@ class ColumnParallelLinear(nn.Module):
         param.data.copy_(_shard_rows(loaded, self.tp.rank, shard))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [T, in]
-        return F.linear(x, self.weight, self.bias)
+        return ops.linear(x, self.weight, self.bias, self.kernels)
 
 
 class MergedColumnParallelLinear(ColumnParallelLinear):
@@ -58,8 +61,9 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
         output_sizes: list[int],
         tp: TensorParallelGroup,
         bias: bool = False,
+        kernels: bool = True,
     ):
-        super().__init__(input_size, sum(output_sizes), tp, bias)
+        super().__init__(input_size, sum(output_sizes), tp, bias, kernels)
         self.shard_sizes = [divide(s, tp.size, "output size") for s in output_sizes]
 
     def weight_loader(
@@ -84,6 +88,7 @@ class QKVParallelLinear(ColumnParallelLinear):
         num_kv_heads: int,
         tp: TensorParallelGroup,
         bias: bool = False,
+        kernels: bool = True,
     ):
         self.head_size = head_size
         self.num_heads = divide(num_heads, tp.size, "number of attention heads")
@@ -95,7 +100,7 @@ class QKVParallelLinear(ColumnParallelLinear):
             self.num_kv_heads = divide(num_kv_heads, tp.size, "number of KV heads")
             self.kv_replicas = 1
         out = (self.num_heads + 2 * self.num_kv_heads) * head_size * tp.size
-        super().__init__(hidden_size, out, tp, bias)
+        super().__init__(hidden_size, out, tp, bias, kernels)
 
     def weight_loader(
         self, param: nn.Parameter, loaded: torch.Tensor, shard_id: str
@@ -117,9 +122,11 @@ class RowParallelLinear(nn.Module):
         output_size: int,
         tp: TensorParallelGroup,
         bias: bool = False,
+        kernels: bool = True,
     ):
         super().__init__()
         self.tp = tp
+        self.kernels = kernels  # use the compiled kernel where it applies
         self.input_size_per_partition = divide(input_size, tp.size, "input size")
         self.weight = nn.Parameter(
             torch.empty(output_size, self.input_size_per_partition),
@@ -139,5 +146,5 @@ class RowParallelLinear(nn.Module):
         param.data.copy_(loaded.narrow(1, self.tp.rank * size, size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [T, in / tp]
-        out = self.tp.all_reduce(F.linear(x, self.weight))
+        out = self.tp.all_reduce(ops.linear(x, self.weight, None, self.kernels))
         return out if self.bias is None else out + self.bias

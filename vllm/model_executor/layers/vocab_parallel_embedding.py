@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vllm import _custom_ops as ops
 from vllm.distributed.parallel_state import TensorParallelGroup
 
 
@@ -39,11 +40,21 @@ class ParallelLMHead(VocabParallelEmbedding):
     """Output projection over the vocabulary. With tied embeddings the model points
     this layer's weight at the embedding's (identical sharding)."""
 
+    def __init__(
+        self,
+        vocab_size: int,
+        hidden_size: int,
+        tp: TensorParallelGroup,
+        kernels: bool = True,
+    ):
+        super().__init__(vocab_size, hidden_size, tp)
+        self.kernels = kernels  # decode-sized logits run the compiled kernel
+
     def compute_logits(
         self, hidden: torch.Tensor, gather_to_all: bool = True
     ) -> torch.Tensor | None:
         """hidden: [N, H] -> logits [N, vocab] on every rank, or only on rank 0
         (None elsewhere) when gather_to_all is False."""
-        local = F.linear(hidden, self.weight)  # [N, vocab / tp]
+        local = ops.linear(hidden, self.weight, None, self.kernels)  # [N, vocab / tp]
         full = self.tp.all_gather(local) if gather_to_all else self.tp.gather(local)
         return None if full is None else full[:, : self.vocab_size]

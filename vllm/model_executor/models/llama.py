@@ -45,6 +45,7 @@ class LlamaAttention(nn.Module):
             mc.num_kv_heads,
             tp,
             bias=_has_qkv_bias(mc),
+            kernels=mc.use_custom_kernels,
         )
         heads, kv_heads = self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads
         self.q_size, self.kv_size = heads * head_dim, kv_heads * head_dim
@@ -53,6 +54,7 @@ class LlamaAttention(nn.Module):
             hidden,
             tp,
             bias=bool(getattr(mc.hf_config, "attention_bias", False)),
+            kernels=mc.use_custom_kernels,
         )
         self.rotary_emb = rotary_emb  # shared by every layer
         self.attn = Attention(heads, head_dim, kv_heads, mc.use_custom_kernels)
@@ -76,10 +78,13 @@ class LlamaMLP(nn.Module):
         c = mc.hf_config
         size = c.intermediate_size
         bias = bool(getattr(c, "mlp_bias", False))
+        kernels = mc.use_custom_kernels
         self.gate_up_proj = MergedColumnParallelLinear(
-            c.hidden_size, [size, size], tp, bias=bias
+            c.hidden_size, [size, size], tp, bias=bias, kernels=kernels
         )
-        self.down_proj = RowParallelLinear(size, c.hidden_size, tp, bias=bias)
+        self.down_proj = RowParallelLinear(
+            size, c.hidden_size, tp, bias=bias, kernels=kernels
+        )
         self.act_fn = SiluAndMul(mc.use_custom_kernels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -226,7 +231,9 @@ class LlamaForCausalLM(nn.Module):
         self.model = LlamaModel(mc, tp, layers)
         last = self.model.norm is not None
         self.lm_head = (
-            ParallelLMHead(mc.vocab_size, c.hidden_size, tp) if last else None
+            ParallelLMHead(mc.vocab_size, c.hidden_size, tp, mc.use_custom_kernels)
+            if last
+            else None
         )
         self.tied = bool(getattr(c, "tie_word_embeddings", False))
         if self.tied and last and self.model.embed_tokens is not None:
