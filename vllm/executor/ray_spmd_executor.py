@@ -6,7 +6,8 @@ Each step the engine encodes one ``ExecuteModelRequest`` (a delta, see
 its own request states and runs the step; only rank 0's ``SamplerOutput`` is read.
 With ``VLLM_USE_RAY_COMPILED_DAG=1`` the bytes travel through a Ray Compiled Graph
 (input node -> every worker's ``execute_frame`` -> multi-output node) over
-shared-memory channels; otherwise through plain actor calls. Once the graph is
+shared-memory channels; otherwise (or when a rank is on another Ray node than the
+engine: ``_graph_allowed``) through plain actor calls. Once the graph is
 compiled, control calls travel through it too, so every worker method has one path.
 
 Ray's graph readers poll their channels (in C++, yielding between polls), so every
@@ -131,6 +132,7 @@ class RaySPMDExecutor(Executor):
         atexit.register(self._group.close)
         self._finalizer = weakref.finalize(self, self._group.close)
         self._health = ActorHealth(actors, first_rank=0)
+        self._use_graph = pc.use_compiled_dag and _graph_allowed(self._health)
         self._poll_s = envs.VLLM_WORKER_LIVENESS_POLL_S
         ip, port = ray.get(actors[0].node_ip_and_port.remote())
         init = f"tcp://{ip}:{port}"
@@ -169,7 +171,7 @@ class RaySPMDExecutor(Executor):
         frame = STEP + messages.encode(req)
         self.bytes_sent += len(frame)
         with self._group.lock:
-            if self.config.parallel_config.use_compiled_dag:
+            if self._use_graph:
                 if self._group.graph is None:
                     self._build_graph()
                 results = self._run_graph(frame)
@@ -259,6 +261,22 @@ class RaySPMDExecutor(Executor):
 
     def shutdown(self) -> None:
         self._finalizer()
+
+
+def _graph_allowed(health: ActorHealth) -> bool:
+    """Whether steps may go through the compiled graph: only while every rank is
+    on the engine's Ray node. Across nodes, Ray 2.60's graph channels were seen
+    to lose a step now and then (every reader waiting on its input while the
+    engine waits on the output, until the get timeout), also in a graph of bare
+    actors with no vLLM code; plain actor calls carry the steps there instead."""
+    if all(health.local):
+        return True
+    logger.warning(
+        "rank(s) %s are on other Ray nodes than the engine: steps go as plain "
+        "actor calls, not through the compiled graph (VLLM_USE_RAY_COMPILED_DAG)",
+        [r for r, local in enumerate(health.local, health.first_rank) if not local],
+    )
+    return False
 
 
 class _DeadActorCancelFilter(logging.Filter):
