@@ -103,6 +103,27 @@ def test_graph_idle_teardown_refuses_bad_values(clean_env, tiny_model, value):
         args.create_engine_config()
 
 
+@pytest.mark.parametrize(
+    "value, expected", [(None, "PACK"), ("strict_spread", "STRICT_SPREAD")]
+)
+def test_ray_placement_strategy_read_into_config(
+    clean_env, tiny_model, value, expected
+):
+    if value is None:
+        clean_env.delenv("VLLM_RAY_PLACEMENT_STRATEGY", raising=False)
+    else:
+        clean_env.setenv("VLLM_RAY_PLACEMENT_STRATEGY", value)
+    config = EngineArgs(model=tiny_model("llama_gqa")).create_engine_config()
+    assert config.parallel_config.ray_placement_strategy == expected
+
+
+def test_ray_placement_strategy_refuses_unknown_names(clean_env, tiny_model):
+    clean_env.setenv("VLLM_RAY_PLACEMENT_STRATEGY", "scatter")
+    args = EngineArgs(model=tiny_model("llama_gqa"))
+    with pytest.raises(ValueError, match="VLLM_RAY_PLACEMENT_STRATEGY must be one"):
+        args.create_engine_config()
+
+
 def test_uni_backend_refuses_tp(clean_env, tiny_model):
     args = EngineArgs(
         model=tiny_model("llama_gqa"),

@@ -24,6 +24,8 @@ _DTYPES = {
 CHECKPOINT_FORMATS = ("auto", "safetensors", "gguf")
 LOAD_FORMATS = (*CHECKPOINT_FORMATS, "dummy")
 EXECUTOR_BACKENDS = ("uni", "mp", "ray")
+# Ray's placement-group strategies, by Ray's names.
+RAY_PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
 
 def resolve_dtype(dtype: str | torch.dtype, hf_config: Any) -> torch.dtype:
@@ -161,6 +163,8 @@ class ParallelConfig:
     use_spmd_worker: bool = False
     use_compiled_dag: bool = False
     ray_address: str = ""
+    # Ray placement-group strategy for the worker actors (RAY_PLACEMENT_STRATEGIES).
+    ray_placement_strategy: str = "PACK"
     # torch threads per worker; 0 splits the worker's machine evenly between
     # one pipeline stage's TP ranks (stages take turns).
     num_threads_per_worker: int = 0
@@ -233,6 +237,11 @@ class ParallelConfig:
             raise ValueError(
                 "VLLM_MQ_MAX_CHUNK_BYTES_MB must be > 0; got "
                 f"{self.mq_max_chunk_bytes / (1 << 20)}"
+            )
+        if self.ray_placement_strategy not in RAY_PLACEMENT_STRATEGIES:
+            raise ValueError(
+                "VLLM_RAY_PLACEMENT_STRATEGY must be one of "
+                f"{RAY_PLACEMENT_STRATEGIES}; got {self.ray_placement_strategy!r}"
             )
         if self.mq_spin_us < 0:
             raise ValueError(f"VLLM_MQ_SPIN_US must be >= 0; got {self.mq_spin_us}")

@@ -128,6 +128,14 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
         "Address of a running Ray cluster to join; empty joins a local one if up, "
         "else starts one.",
     ),
+    "VLLM_RAY_PLACEMENT_STRATEGY": (
+        lambda: os.environ.get("VLLM_RAY_PLACEMENT_STRATEGY", "PACK").strip().upper(),
+        "Ray placement-group strategy for the worker actors (one CPU bundle per "
+        "rank): PACK (as few nodes as fit), SPREAD, STRICT_PACK (one node) or "
+        "STRICT_SPREAD (one rank per node; the legacy driver's rank 0 counts as "
+        "one on the engine's node). Case-insensitive. Read into "
+        "ParallelConfig.ray_placement_strategy.",
+    ),
 }
 
 

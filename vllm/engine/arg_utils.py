@@ -221,6 +221,7 @@ class EngineArgs:
             use_spmd_worker=spmd,
             use_compiled_dag=envs.VLLM_USE_RAY_COMPILED_DAG,
             ray_address=envs.VLLM_RAY_ADDRESS,
+            ray_placement_strategy=envs.VLLM_RAY_PLACEMENT_STRATEGY,
             num_threads_per_worker=envs.VLLM_CPU_NUM_THREADS,
             spmd_step_notifier=envs.VLLM_SPMD_STEP_NOTIFIER,
             spmd_worker_niceness=envs.VLLM_SPMD_WORKER_NICENESS,

@@ -43,6 +43,13 @@ class RemoteRanks:
         """Dead ranks -> (pid, cause), for WorkerDiedError; {} while all live."""
         raise NotImplementedError
 
+    def deaths_after(
+        self, error: BaseException
+    ) -> dict[int, tuple[int | None, str | None]]:
+        """Dead ranks once a call failed on the driver with ``error``; a
+        transport that learns of a death late may wait a little for it."""
+        return self.deaths()
+
     def close(self) -> None:
         raise NotImplementedError
 
@@ -167,7 +174,7 @@ class DriverWorkerExecutor(Executor):
         try:
             return call()
         except Exception as e:
-            deaths = self._group.remote.deaths()
+            deaths = self._group.remote.deaths_after(e)
             if deaths:
                 raise WorkerDiedError(deaths) from e
             raise

@@ -1,12 +1,24 @@
 """Legacy driver-worker executor whose ranks 1..N-1 are Ray actors."""
 
+import time
 from typing import Any
 
 from vllm import envs
 from vllm.config import VllmConfig
 from vllm.executor.driver_executor import DriverWorkerExecutor, RemoteRanks
 from vllm.executor.executor_base import WorkerMethod
-from vllm.executor.ray_utils import ActorHealth, place_actors, release, wait_all
+from vllm.executor.ray_utils import (
+    ActorHealth,
+    actor_error,
+    place_actors,
+    release,
+    wait_all,
+)
+
+Deaths = dict[int, tuple[int | None, str | None]]
+# How long a failure on the driver waits for Ray to tell which remote peer was
+# lost; an unreachable actor's call failed in ~2.5 s here.
+FAILURE_GRACE_S = 5.0
 
 
 class ActorRanks(RemoteRanks):
@@ -18,9 +30,13 @@ class ActorRanks(RemoteRanks):
             config, list(range(1, world)), init_method
         )
         self.health = ActorHealth(self.actors, first_rank=1)
+        self.inflight: list[Any] = []  # the calls last submitted
 
     def submit(self, method: WorkerMethod, args: tuple, kwargs: dict) -> list[Any]:
-        return [a.execute_method.remote(method, *args, **kwargs) for a in self.actors]
+        self.inflight = [
+            a.execute_method.remote(method, *args, **kwargs) for a in self.actors
+        ]
+        return self.inflight
 
     def wait(self, handles: list[Any], timeout: float | None = None) -> list[Any]:
         import ray
@@ -31,11 +47,27 @@ class ActorRanks(RemoteRanks):
                 raise TimeoutError(f"worker rank(s) did not answer in {timeout} s")
         return wait_all(handles, self.health, self.poll_s)
 
-    def deaths(self) -> dict[int, tuple[int | None, str | None]]:
+    def deaths(self) -> Deaths:
         if not _ray_connected():
             cause = "Ray was shut down"
             return {r + 1: (pid, cause) for r, pid in enumerate(self.health.pids)}
         return self.health.deaths()
+
+    def deaths_after(self, error: BaseException) -> Deaths:
+        """A peer's lost node breaks the driver's collective at once, but Ray
+        tells of the loss only when the peer's call in flight fails (seconds)
+        or the node is declared dead (~15 s): wait up to FAILURE_GRACE_S."""
+        if all(self.health.local):  # checked by pid, at once and exactly
+            return self.deaths()
+        deadline = time.monotonic() + FAILURE_GRACE_S
+        while True:
+            failed = actor_error(self.inflight)
+            if failed is not None:
+                return self.health.deaths_from(failed)
+            deaths = self.deaths()
+            if deaths or time.monotonic() >= deadline:
+                return deaths
+            time.sleep(0.1)
 
     def close(self) -> None:
         # With Ray already shut down (an exit hook that ran before ours), any Ray

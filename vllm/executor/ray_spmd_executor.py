@@ -10,7 +10,8 @@ stages hand hidden states to each other over torch.distributed inside
 worker runs one code path on every SPMD plane.
 With ``VLLM_USE_RAY_COMPILED_DAG=1`` the bytes travel through a Ray Compiled Graph
 (input node -> every worker's ``execute_frame`` -> multi-output node) over
-shared-memory channels; otherwise through plain actor calls. Once the graph is
+shared-memory channels; otherwise (or when a rank is on another Ray node than the
+engine: ``_graph_allowed``) through plain actor calls. Once the graph is
 compiled, control calls travel through it too, so every worker method has one path.
 ``submit_model`` leaves a step running in the graph while the engine schedules the
 next (async scheduling); outputs are read back in the order the steps were sent.
@@ -144,6 +145,7 @@ class RaySPMDExecutor(Executor):
         atexit.register(self._group.close)
         self._finalizer = weakref.finalize(self, self._group.close)
         self._health = ActorHealth(actors, first_rank=0)
+        self._use_graph = pc.use_compiled_dag and _graph_allowed(self._health)
         self._poll_s = envs.VLLM_WORKER_LIVENESS_POLL_S
         ip, port = ray.get(actors[0].node_ip_and_port.remote())
         init = f"tcp://{ip}:{port}"
@@ -185,7 +187,7 @@ class RaySPMDExecutor(Executor):
         frame = STEP + messages.encode(req)
         self.bytes_sent += len(frame)
         with self._group.lock:
-            if not self.config.parallel_config.use_compiled_dag:
+            if not self._use_graph:
                 refs = [a.execute_frame.remote(frame) for a in self.actors]
                 return lambda: self._step_output(self._wait(refs))
             if self._group.graph is None:
@@ -301,6 +303,22 @@ class RaySPMDExecutor(Executor):
 
     def shutdown(self) -> None:
         self._finalizer()
+
+
+def _graph_allowed(health: ActorHealth) -> bool:
+    """Whether steps may go through the compiled graph: only while every rank is
+    on the engine's Ray node. Across nodes, Ray 2.60's graph channels were seen
+    to lose a step now and then (every reader waiting on its input while the
+    engine waits on the output, until the get timeout), also in a graph of bare
+    actors with no vLLM code; plain actor calls carry the steps there instead."""
+    if all(health.local):
+        return True
+    logger.warning(
+        "rank(s) %s are on other Ray nodes than the engine: steps go as plain "
+        "actor calls, not through the compiled graph (VLLM_USE_RAY_COMPILED_DAG)",
+        [r for r, local in enumerate(health.local, health.first_rank) if not local],
+    )
+    return False
 
 
 class _DeadActorCancelFilter(logging.Filter):

@@ -74,10 +74,10 @@ class RayWorkerWrapper:
 
         return ray.util.get_node_ip_address(), get_open_port()
 
-    def node_ip_and_pid(self) -> tuple[str, int]:
+    def node_id_and_pid(self) -> tuple[str, int]:
         import ray
 
-        return ray.util.get_node_ip_address(), os.getpid()
+        return ray.get_runtime_context().get_node_id(), os.getpid()
 
     def set_init_method(self, init_method: str) -> None:
         self.worker.distributed_init_method = init_method
@@ -103,49 +103,98 @@ def initialize_ray(address: str, num_cpus_needed: int) -> bool:
     return True
 
 
+# Strategies that put bundles on different nodes: under them the legacy driver
+# (rank 0, in the engine process) takes a bundle too, so the actors spread away
+# from the engine's node as they would from an actor there.
+SPREADING = ("SPREAD", "STRICT_SPREAD")
+PLACEMENT_TIMEOUT_S = 120.0
+
+
 def place_actors(
     config: VllmConfig, ranks: list[int], init_method: str | None
 ) -> tuple[list[Any], Any]:
-    """One actor per rank, packed through a placement group with a CPU each."""
+    """One actor per rank, each on a one-CPU bundle of a placement group with
+    the configured strategy (``ParallelConfig.ray_placement_strategy``)."""
     import ray
-    from ray.util.placement_group import placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    group = placement_group([{"CPU": 1}] * len(ranks), strategy="PACK")
-    ray.get(group.ready(), timeout=120)
+    strategy = config.parallel_config.ray_placement_strategy
+    driver = ranks[0] != 0 and strategy in SPREADING
+    group = _ready_group(len(ranks) + driver, strategy)
+    bundles = _off_engine_node(group, len(ranks)) if driver else range(len(ranks))
     actor_cls = ray.remote(num_cpus=1)(RayWorkerWrapper)
     vllm_env = {k: v for k, v in os.environ.items() if k.startswith("VLLM_")}
     actors = [
         actor_cls.options(
             scheduling_strategy=PlacementGroupSchedulingStrategy(
-                placement_group=group, placement_group_bundle_index=i
+                placement_group=group, placement_group_bundle_index=bundle
             ),
             # Actors inherit the environment Ray started with; carry the
             # engine's VLLM_* settings (thread counts, flags) to them.
             runtime_env={"env_vars": vllm_env},
         ).remote(config, rank, init_method)
-        for i, rank in enumerate(ranks)
+        for bundle, rank in zip(bundles, ranks)
     ]
     return actors, group
+
+
+def _ready_group(n: int, strategy: str) -> Any:
+    """A placement group of n one-CPU bundles, once Ray has reserved them."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    group = placement_group([{"CPU": 1}] * n, strategy=strategy)
+    try:
+        ray.get(group.ready(), timeout=PLACEMENT_TIMEOUT_S)
+    except ray.exceptions.GetTimeoutError:
+        remove_placement_group(group)
+        raise RuntimeError(
+            f"Ray could not place {n} bundle(s) of 1 CPU with strategy {strategy} "
+            f"in {PLACEMENT_TIMEOUT_S:.0f} s (STRICT_SPREAD needs {n} nodes with a "
+            f"free CPU each; STRICT_PACK one node with {n}); the cluster has "
+            f"{ray.available_resources().get('CPU', 0):g} free CPU(s) on "
+            f"{sum(node['Alive'] for node in ray.nodes())} node(s)"
+        ) from None
+    return group
+
+
+def _off_engine_node(group: Any, n: int) -> list[int]:
+    """n of the group's bundles, those on other nodes than the engine's first;
+    the one left stands for the legacy driver."""
+    import ray
+    from ray.util.placement_group import placement_group_table
+
+    here = ray.get_runtime_context().get_node_id()
+    nodes = placement_group_table(group)["bundles_to_node_id"]
+    return sorted(nodes, key=lambda bundle: nodes[bundle] == here)[:n]
 
 
 class ActorHealth:
     """Tells which of an engine's actors died, and as what process.
 
-    An actor on this machine is checked by its pid, at once and exactly (a busy
-    actor, such as one inside a compiled graph, answers no ping). One on another
-    node is pinged: a dead one fails, a busy one does not answer in time and
-    counts as alive."""
+    An actor on the engine's Ray node is checked by its pid, at once and exactly
+    (a busy actor, such as one inside a compiled graph, answers no ping). One on
+    another node is pinged: a dead one fails, a busy one does not answer in time
+    and counts as alive. ``local`` also decides whether a rank may map the
+    engine's shared memory (the SPMD rings, the step notifier's socket)."""
 
     def __init__(self, actors: list[Any], first_rank: int):
         import ray
 
         self.actors = actors
         self.first_rank = first_rank  # rank of actors[0]
-        here = ray.util.get_node_ip_address()
-        found = ray.get([a.node_ip_and_pid.remote() for a in actors])
+        # Local means the same Ray node, not the same IP: nodes can share an
+        # address (several raylets on one host, as ray.cluster_utils makes;
+        # containers on the host's network, each with its own /dev/shm and pid
+        # namespace). A node id names one raylet, and the engine attached to its
+        # own node's; so another node's rank takes the cross-node path even
+        # where it happens to share this machine.
+        here = ray.get_runtime_context().get_node_id()
+        found = ray.get([a.node_id_and_pid.remote() for a in actors])
+        self.node_ids = [node for node, _ in found]
         self.pids = [pid for _, pid in found]
-        self.local = [ip == here for ip, _ in found]
+        self.local = [node == here for node in self.node_ids]
+        self.actor_ids = [a._actor_id.hex() for a in actors]  # as Ray's errors say
 
     def deaths(self, cause: str | None = None) -> dict[int, tuple[int, str | None]]:
         """Dead ranks -> (pid, cause); ``cause`` is what the caller learnt (e.g.
@@ -174,21 +223,53 @@ class ActorHealth:
         return {self.first_rank + i: (self.pids[i], cause) for i in sorted(dead)}
 
     def raise_if_dead(self, error: BaseException | None = None) -> None:
-        """Raises WorkerDiedError if a rank is gone. Given Ray's actor error, waits
-        a little for the death to show, since Ray may report it first."""
+        """Raises WorkerDiedError if a rank is gone (see ``deaths_from``)."""
+        deaths = self.deaths() if error is None else self.deaths_from(error)
+        if deaths:
+            raise WorkerDiedError(deaths) from error
+
+    def deaths_from(self, error: BaseException) -> dict[int, tuple[int | None, str]]:
+        """Dead ranks, given the error a call failed with. Ray's error for an
+        unreachable actor names its rank at once: Ray declares a lost node dead
+        only when its health checks have failed (~15 s by default), and the
+        step is lost either way. Another actor error waits a little for the
+        death to show, since Ray may report it first."""
         import ray
 
-        is_actor_error = isinstance(error, ray.exceptions.RayActorError)
-        cause = _exit_detail(error) if is_actor_error else None
-        for _ in range(20 if is_actor_error else 1):
+        if not isinstance(error, ray.exceptions.RayActorError):
+            return self.deaths()
+        cause = _exit_detail(error)
+        named = {
+            self.first_rank + i: (self.pids[i], cause)
+            for i, actor_id in enumerate(self.actor_ids)
+            if actor_id == error.actor_id
+        }
+        if named and isinstance(error, ray.exceptions.ActorUnavailableError):
+            return named
+        for _ in range(20):
             deaths = self.deaths(cause)
             if deaths:
-                raise WorkerDiedError(deaths) from error
-            if is_actor_error:
-                time.sleep(0.1)
-        if is_actor_error:  # Ray says an actor died, though none looks dead yet
-            ranks = range(self.first_rank, self.first_rank + len(self.actors))
-            raise WorkerDiedError({r: (None, cause) for r in ranks}) from error
+                return deaths
+            time.sleep(0.1)
+        # Ray says an actor died, though none looks dead yet.
+        ranks = range(self.first_rank, self.first_rank + len(self.actors))
+        return named or {r: (None, cause) for r in ranks}
+
+
+def actor_error(refs: list[Any]) -> BaseException | None:
+    """The error of the first finished call in refs that failed because Ray
+    lost its actor, if any: ``ray.get`` of a list raises whichever failure it
+    meets first, perhaps a peer's broken collective instead."""
+    import ray
+
+    for ref in refs:
+        try:
+            ray.get(ref, timeout=0)
+        except ray.exceptions.RayActorError as e:
+            return e
+        except Exception:
+            pass  # not finished, or failed otherwise
+    return None
 
 
 def _alive(pid: int) -> bool:
@@ -200,6 +281,10 @@ def _alive(pid: int) -> bool:
 
 def _exit_detail(error: BaseException) -> str:
     """The "Worker exit detail" Ray puts in an actor's death message, if any."""
+    import ray
+
+    if isinstance(error, ray.exceptions.ActorUnavailableError):
+        return "Ray: the actor is unreachable (its node may be gone)"
     text = str(error)
     marker = "Worker exit detail: "
     if marker in text:
@@ -220,7 +305,7 @@ def wait_all(refs: list[Any], health: ActorHealth, poll_s: float) -> list[Any]:
         return ray.get(refs)
     except Exception as e:
         # A rank's death also fails its peers' collectives: name the death.
-        health.raise_if_dead(e)
+        health.raise_if_dead(actor_error(refs) or e)
         raise
 
 
