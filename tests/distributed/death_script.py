@@ -15,6 +15,24 @@ import threading
 import time
 
 
+def generate_until_error(llm, params) -> dict:
+    """Generates 8 short prompts with ``params``; the error it ends with (None
+    if it does not): type, whether a RuntimeError, message, and ``elapsed_s``."""
+    prompts = [{"prompt_token_ids": [5 + i] * 8} for i in range(8)]
+    start = time.monotonic()
+    try:
+        llm.generate(prompts, params, use_tqdm=False)
+        error = None
+    except Exception as e:
+        error = e
+    return {
+        "type": type(error).__name__,
+        "is_runtime_error": isinstance(error, RuntimeError),
+        "message": str(error),
+        "elapsed_s": time.monotonic() - start,
+    }
+
+
 def main() -> None:
     plane, rank, model = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     from vllm.executor import CONTROL_PLANES, control_plane_env
@@ -34,23 +52,9 @@ def main() -> None:
     )
     pids = llm.llm_engine.executor.collective_rpc("get_pid")
     threading.Timer(1.0, os.kill, (pids[rank], signal.SIGKILL)).start()
-    params = SamplingParams(max_tokens=400, ignore_eos=True)
-    prompts = [{"prompt_token_ids": [5 + i] * 8} for i in range(8)]
-    start = time.monotonic()
-    try:
-        llm.generate(prompts, params, use_tqdm=False)
-        error = None
-    except Exception as e:
-        error = e
-    elapsed = time.monotonic() - start
+    result = generate_until_error(llm, SamplingParams(max_tokens=400, ignore_eos=True))
     llm.shutdown()
-    result = {
-        "type": type(error).__name__,
-        "is_runtime_error": isinstance(error, RuntimeError),
-        "message": str(error),
-        "pid": pids[rank],
-        "elapsed_s": elapsed,
-    }
+    result["pid"] = pids[rank]
     print("RESULT", json.dumps(result), flush=True)
 
 

@@ -16,7 +16,9 @@ VLLM_RAY_PLACEMENT_STRATEGY.
 import json
 import os
 import sys
-import time
+
+# Run as a script: its folder is on sys.path, so its sibling imports by name.
+from death_script import generate_until_error
 
 
 def select_plane(plane: str) -> None:
@@ -92,20 +94,8 @@ def remove(model: str, plane: str) -> dict:
     llm = make_llm(model, plane, kv_cache_space=0.05, load_format="dummy")
     print("READY", json.dumps(rank_nodes(llm)), flush=True)
     # Long enough to outlast the removal: the test removes the node once READY.
-    params = SamplingParams(max_tokens=1800, ignore_eos=True)
-    prompts = [{"prompt_token_ids": [5 + i] * 8} for i in range(8)]
-    start = time.monotonic()
-    try:
-        llm.generate(prompts, params, use_tqdm=False)
-        error = None
-    except Exception as e:
-        error = e
-    result = {
-        "type": type(error).__name__,
-        "is_runtime_error": isinstance(error, RuntimeError),
-        "message": str(error),
-        "generate_s": time.monotonic() - start,
-    }
+    result = generate_until_error(llm, SamplingParams(max_tokens=1800, ignore_eos=True))
+    result["generate_s"] = result.pop("elapsed_s")
     # Before shutdown, so the test times the error alone.
     print("RESULT", json.dumps(result), flush=True)
     llm.shutdown()
