@@ -44,3 +44,10 @@ void linear(at::Tensor& out,                       // [M, N]
             const at::Tensor& x,                   // [M, K]
             const at::Tensor& weight,              // [N, K]
             const std::optional<at::Tensor>& bias);  // [N]
+
+// Row r's token: the first whose cumulative softmax(logits[r] / temperature[r])
+// reaches points[r] of the total; masked (-inf) logits are never drawn.
+void sample_from_logits(at::Tensor& tokens,              // [R] int64
+                        const at::Tensor& logits,        // [R, V] float32
+                        const at::Tensor& temperature,   // [R] float32, > 0
+                        const at::Tensor& points);       // [R] float64 in (0, 1]

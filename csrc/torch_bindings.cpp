@@ -25,6 +25,9 @@ TORCH_LIBRARY(_C, m) {
       " Tensor value_cache, Tensor block_tables, Tensor context_lens,"
       " float scale) -> ()");
   m.def("linear(Tensor! out, Tensor x, Tensor weight, Tensor? bias) -> ()");
+  m.def(
+      "sample_from_logits(Tensor! tokens, Tensor logits, Tensor temperature,"
+      " Tensor points) -> ()");
 }
 
 // CUDA kernels will register under the same schemas with
@@ -37,6 +40,7 @@ TORCH_LIBRARY_IMPL(_C, CPU, m) {
   m.impl("reshape_and_cache", &reshape_and_cache);
   m.impl("paged_attention_decode", &paged_attention_decode);
   m.impl("linear", &linear);
+  m.impl("sample_from_logits", &sample_from_logits);
 }
 
 // An empty Python module: it exists so that `import vllm._C` finds and loads

@@ -170,6 +170,21 @@ def _torch_linear(
     return F.linear(x, weight, bias)
 
 
+def _torch_sample_from_logits(
+    tokens: torch.Tensor,  # [R] int64, written
+    logits: torch.Tensor,  # [R, V] float32
+    temperature: torch.Tensor,  # [R] float32, > 0
+    points: torch.Tensor,  # [R] float64 in (0, 1]
+) -> None:
+    probs = torch.softmax(logits / temperature.unsqueeze(1), dim=-1)
+    cdf = probs.double().cumsum(dim=-1)  # fp64: the tail of a 50k vocab stays exact
+    # The first token whose CDF reaches the point; zero-probability tokens add no
+    # width, so they can never be chosen (the point is never 0).
+    targets = (points * cdf[:, -1]).unsqueeze(1)
+    found = torch.searchsorted(cdf, targets).squeeze(1)
+    tokens.copy_(found.clamp_(max=probs.shape[-1] - 1))
+
+
 # Public ops: the compiled kernel when enabled, else the torch code above.
 
 
@@ -289,3 +304,23 @@ def paged_attention_decode(
         _torch_paged_attention_decode(
             out, query, key_cache, value_cache, block_tables, context_lens, scale
         )
+
+
+def sample_from_logits(
+    tokens: torch.Tensor,  # [R] int64, written
+    logits: torch.Tensor,  # [R, V] float32; -inf marks tokens never drawn
+    temperature: torch.Tensor,  # [R] float32, > 0
+    points: torch.Tensor,  # [R] float64 in (0, 1]
+    kernels: bool = True,
+) -> None:
+    """Row r's token: the first whose cumulative softmax(logits[r] / t_r) reaches
+    points[r] of the row's total. The kernel never builds the probabilities or
+    their fp64 cumulative sum (a few passes over [R, V] in torch)."""
+    if (
+        kernels_enabled(kernels, logits)
+        and logits.dtype == torch.float32
+        and logits.stride(-1) == 1
+    ):
+        torch.ops._C.sample_from_logits(tokens, logits, temperature, points)
+    else:
+        _torch_sample_from_logits(tokens, logits, temperature, points)

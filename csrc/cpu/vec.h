@@ -60,6 +60,10 @@ inline Vec8 operator*(Vec8 a, Vec8 b) { return {_mm256_mul_ps(a.v, b.v)}; }
 inline Vec8 operator/(Vec8 a, Vec8 b) { return {_mm256_div_ps(a.v, b.v)}; }
 inline Vec8 fma(Vec8 a, Vec8 b, Vec8 c) { return {_mm256_fmadd_ps(a.v, b.v, c.v)}; }
 inline Vec8 vmax(Vec8 a, Vec8 b) { return {_mm256_max_ps(a.v, b.v)}; }
+// v where x >= lo, else 0 (NaN lanes give 0).
+inline Vec8 keep_ge(Vec8 x, float lo, Vec8 v) {
+  return {_mm256_and_ps(_mm256_cmp_ps(x.v, _mm256_set1_ps(lo), _CMP_GE_OQ), v.v)};
+}
 
 inline float hsum(Vec8 a) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(a.v), _mm256_extractf128_ps(a.v, 1));
@@ -140,6 +144,9 @@ inline Vec8 fma(Vec8 a, Vec8 b, Vec8 c) {
 }
 inline Vec8 vmax(Vec8 a, Vec8 b) {
   return map8([&](int i) { return std::max(a.v[i], b.v[i]); });
+}
+inline Vec8 keep_ge(Vec8 x, float lo, Vec8 v) {
+  return map8([&](int i) { return x.v[i] >= lo ? v.v[i] : 0.f; });
 }
 inline float hsum(Vec8 a) {
   float s = 0.f;

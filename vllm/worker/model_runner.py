@@ -116,6 +116,7 @@ class ModelRunner:
                 inp.sample_states,
                 batch.sampling_tensors(rows),
                 (batch.token_ids, rows),
+                self.config.model_config.use_custom_kernels,
             )
         self._record(inp, tokens)
         return SamplerOutput(

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
+from vllm import _custom_ops as ops
 from vllm.messages import Logprobs
 from vllm.model_executor.layers.sampling_tensors import (
     SamplingRow,
@@ -40,10 +41,12 @@ def sample(
     rows: Sequence[SamplingRow],
     params: SamplingTensors | None = None,  # the rows' parameters, if at hand
     token_ids: tuple[torch.Tensor, torch.Tensor] | None = None,
+    kernels: bool = True,
 ) -> tuple[list[int], list[Logprobs | None]]:
     """``token_ids``, if at hand: (table [M, >= longest row] int64, the row of
     table [N] int64 holding each row's prompt and outputs, rows[i].token_ids,
-    padded); the penalties then read it instead of the Python lists."""
+    padded); the penalties then read it instead of the Python lists.
+    ``kernels=False`` draws with the pure-torch reference of the compiled op."""
     if params is None:
         params = SamplingTensors.from_rows(rows)
     wants_logprobs = any(r.sampling.logprobs >= 0 for r in rows)
@@ -52,12 +55,14 @@ def sample(
     _apply_bans(logits, rows)
     random_mask = params.temperature > 0.0
     if bool(random_mask.all()):  # the common all-random batch: no argmax pass
-        tokens = _sample_random(logits, params)
+        tokens = _sample_random(logits, params, kernels)
     else:
         tokens = logits.argmax(dim=-1)
         if bool(random_mask.any()):
             picked = random_mask.nonzero().squeeze(1)
-            tokens[picked] = _sample_random(logits[picked], params.select(picked))
+            tokens[picked] = _sample_random(
+                logits[picked], params.select(picked), kernels
+            )
     token_list = tokens.tolist()
     if raw is None:
         return token_list, [None] * len(rows)
@@ -144,29 +149,30 @@ def _apply_bans(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> None:
 def _sample_random(
     logits: torch.Tensor,  # [R, V]
     params: SamplingTensors,  # of the R rows
+    kernels: bool,
 ) -> torch.Tensor:  # [R]
-    logits = logits / params.temperature.unsqueeze(1)
-    top_ks = params.top_k
-    if bool((top_ks > 0).any()):
-        vocab = logits.shape[-1]
-        ks = torch.where(top_ks > 0, top_ks.clamp(max=vocab), vocab)
-        kth = logits.topk(int(ks.max()), dim=-1).values.gather(1, (ks - 1).unsqueeze(1))
-        logits.masked_fill_(logits < kth, float("-inf"))
-    top_ps = params.top_p
-    if bool((top_ps < 1.0).any()):
-        _mask_top_p(logits, top_ps)
-    probs = torch.softmax(logits, dim=-1)
-    min_ps = params.min_p
-    if bool((min_ps > 0).any()):
-        floor = probs.max(dim=-1, keepdim=True).values * min_ps.unsqueeze(1)
-        probs.masked_fill_(probs < floor, 0.0)
+    temperature = params.temperature
+    top_ks, top_ps, min_ps = params.top_k, params.top_p, params.min_p
+    if bool((top_ks > 0).any() | (top_ps < 1.0).any() | (min_ps > 0).any()):
+        # Filters act on the tempered distribution; masked tokens become -inf.
+        logits = logits / temperature.unsqueeze(1)
+        temperature = torch.ones_like(temperature)
+        if bool((top_ks > 0).any()):
+            vocab = logits.shape[-1]
+            ks = torch.where(top_ks > 0, top_ks.clamp(max=vocab), vocab)
+            top = logits.topk(int(ks.max()), dim=-1).values
+            kth = top.gather(1, (ks - 1).unsqueeze(1))
+            logits.masked_fill_(logits < kth, float("-inf"))
+        if bool((top_ps < 1.0).any()):
+            _mask_top_p(logits, top_ps)
+        if bool((min_ps > 0).any()):
+            probs = torch.softmax(logits, dim=-1)
+            floor = probs.max(dim=-1, keepdim=True).values * min_ps.unsqueeze(1)
+            logits.masked_fill_(probs < floor, float("-inf"))
+    tokens = torch.empty(logits.shape[0], dtype=torch.long)
     points = uniform_points(params.seed, params.output_index)
-    cdf = probs.double().cumsum(dim=-1)  # fp64: the tail of a 50k vocab stays exact
-    # The first token whose CDF reaches the point; zero-probability tokens add no
-    # width, so they can never be chosen (the point is never 0).
-    targets = (points * cdf[:, -1]).unsqueeze(1)
-    tokens = torch.searchsorted(cdf, targets).squeeze(1)
-    return tokens.clamp_(max=probs.shape[-1] - 1)
+    ops.sample_from_logits(tokens, logits, temperature, points, kernels)
+    return tokens
 
 
 def _mask_top_p(
