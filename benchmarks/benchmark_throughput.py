@@ -90,7 +90,7 @@ def load_hf_model(args: argparse.Namespace) -> Any:
 
     path = resolve_model(args.model)
     hf_config = load_hf_config(path)
-    dtype = resolve_dtype(args.dtype, hf_config)
+    dtype = resolve_dtype(args.dtype, hf_config)[1]  # HF has one dtype: the weights'
     if args.load_format == "dummy":
         # Random weights from the config alone: no checkpoint needed, same cost.
         torch.manual_seed(args.seed)

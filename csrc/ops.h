@@ -42,7 +42,8 @@ void paged_attention_decode(at::Tensor& out,               // [B, Hq, D]
 
 void linear(at::Tensor& out,                       // [M, N]
             const at::Tensor& x,                   // [M, K]
-            const at::Tensor& weight,              // [N, K]
+            const at::Tensor& weight,              // [N, K]; x's dtype, or
+                                                   // fp16/bf16 when x is fp32
             const std::optional<at::Tensor>& bias);  // [N]
 
 // Row r's token: the first whose cumulative softmax(logits[r] / temperature[r])

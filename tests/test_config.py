@@ -6,6 +6,7 @@ import math
 import multiprocessing
 
 import pytest
+import torch
 
 from vllm import LLM, EngineArgs
 
@@ -221,3 +222,38 @@ def test_prefix_caching_flag(clean_env, tiny_model, argv, expected):
     args = parser.parse_args(["--model", tiny_model("llama_gqa"), *argv])
     config = EngineArgs.from_cli_args(args).create_engine_config()
     assert config.cache_config.enable_prefix_caching is expected
+
+
+@pytest.mark.parametrize(
+    "requested,stored,flags,want",
+    [
+        # auto keeps an fp32 checkpoint exact, even where bf16 is fast.
+        ("auto", "float32", {"avx2", "avx512_bf16"}, (torch.float32, torch.float32)),
+        ("auto", None, {"amx_bf16"}, (torch.float32, torch.float32)),
+        # A 16-bit checkpoint runs in bf16 only where the CPU multiplies bf16.
+        ("auto", "bfloat16", {"avx512_bf16"}, (torch.bfloat16, torch.bfloat16)),
+        ("auto", "float16", {"amx_bf16"}, (torch.bfloat16, torch.bfloat16)),
+        ("auto", "bfloat16", {"avx2", "fma"}, (torch.float32, torch.float32)),
+        # float16 on CPU: fp16 weight matrices, fp32 arithmetic.
+        ("float16", "float32", set(), (torch.float32, torch.float16)),
+        ("half", "bfloat16", {"avx512_bf16"}, (torch.float32, torch.float16)),
+        ("bfloat16", "float32", set(), (torch.bfloat16, torch.bfloat16)),
+        ("float32", "bfloat16", {"avx512_bf16"}, (torch.float32, torch.float32)),
+    ],
+)
+def test_resolve_dtype_on_cpu(requested, stored, flags, want):
+    from types import SimpleNamespace
+
+    from vllm.config import resolve_dtype
+
+    hf_config = SimpleNamespace(dtype=stored)
+    assert resolve_dtype(requested, hf_config, frozenset(flags)) == want
+
+
+def test_cpu_flags_reads_this_machine():
+    from vllm.config import cpu_flags
+
+    flags = cpu_flags()
+    with open("/proc/cpuinfo") as f:
+        listed = next(line for line in f if line.startswith("flags"))
+    assert flags and flags == frozenset(listed.split(":", 1)[1].split())

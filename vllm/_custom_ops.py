@@ -190,24 +190,33 @@ def _torch_sample_from_logits(
 
 def linear(
     x: torch.Tensor,  # [M, K]
-    weight: torch.Tensor,  # [N, K]
+    weight: torch.Tensor,  # [N, K]; x's dtype, or fp16/bf16 with fp32 x
     bias: torch.Tensor | None = None,  # [N]
     kernels: bool = True,
 ) -> torch.Tensor:  # [M, N]
     """x @ weight.T + bias. Calls of at most LINEAR_KERNEL_MAX_ROWS rows run the
     kernel, which reads each weight row once for all rows, near the memory
-    bandwidth; others (and inputs whose rows are not dense) run F.linear."""
+    bandwidth; others (and inputs whose rows are not dense) run F.linear.
+    16-bit weights under fp32 x (``--dtype float16`` on CPU) are widened
+    exactly: in the kernel's registers, or to a temporary for F.linear."""
     tensors = (weight,) if bias is None else (weight, bias)
+    widen = weight.dtype != x.dtype
     if (
         x.dim() == 2
         and x.shape[0] <= LINEAR_KERNEL_MAX_ROWS
         and all(t.stride(-1) == 1 for t in (x, *tensors))
-        and kernels_enabled(kernels, x, *tensors)
+        and kernels_enabled(kernels, x, *(() if bias is None else (bias,)))
+        and weight.dtype
+        in (x.dtype, *(_HALF_WEIGHTS if x.dtype == torch.float32 else ()))
     ):
         out = torch.empty(x.shape[0], weight.shape[0], dtype=x.dtype)
         torch.ops._C.linear(out, x, weight, bias)
         return out
-    return _torch_linear(x, weight, bias)
+    return _torch_linear(x, weight.to(x.dtype) if widen else weight, bias)
+
+
+# 16-bit weight dtypes the kernel widens in registers under fp32 activations.
+_HALF_WEIGHTS = (torch.float16, torch.bfloat16)
 
 
 def rms_norm(

@@ -28,25 +28,57 @@ EXECUTOR_BACKENDS = ("uni", "mp", "ray")
 RAY_PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
 
-def resolve_dtype(dtype: str | torch.dtype, hf_config: Any) -> torch.dtype:
-    """'auto' picks fp32 on CPU: this project's CPUs have no bf16 units, so the
-    checkpoint's half-precision dtype would only be slower."""
+def cpu_flags() -> frozenset[str]:
+    """The instruction-set flags /proc/cpuinfo lists (empty where it is absent)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def resolve_dtype(
+    dtype: str | torch.dtype,
+    hf_config: Any,
+    flags: frozenset[str] | None = None,  # CPU flags; None reads /proc/cpuinfo
+) -> tuple[torch.dtype, torch.dtype]:
+    """(compute dtype, weight dtype) for --dtype on this machine.
+
+    'auto' keeps the checkpoint's precision. On GPU it is the checkpoint's dtype.
+    On CPU, a 16-bit checkpoint runs in bfloat16 where the CPU multiplies bf16
+    natively (avx512_bf16 or amx_bf16: torch's bf16 matmul is about 2.3x fp32
+    there), and everything else in float32, the exact choice (bf16 without
+    native support would only be slower). 'float16' on CPU stores the weight
+    matrices in fp16 and computes in fp32: x86 CPUs convert fp16 (F16C) but do
+    not multiply it faster, so halving the weight bytes is the gain, and fp32
+    arithmetic keeps activations and the KV cache at full precision."""
     if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype == "auto":
-        if torch.cuda.is_available():
-            found = getattr(hf_config, "torch_dtype", None) or getattr(
-                hf_config, "dtype", None
-            )
-            if isinstance(found, str):
-                found = _DTYPES.get(found)
-            return found if isinstance(found, torch.dtype) else torch.float32
-        return torch.float32
-    if dtype not in _DTYPES:
+        return dtype, dtype
+    if dtype not in ("auto", *_DTYPES):
         raise ValueError(
             f"dtype must be one of auto, {', '.join(sorted(_DTYPES))}; got {dtype!r}"
         )
-    return _DTYPES[dtype]
+    on_gpu = torch.cuda.is_available()
+    if dtype == "auto":
+        stored = getattr(hf_config, "dtype", None) or getattr(
+            hf_config, "torch_dtype", None
+        )
+        stored = _DTYPES.get(stored) if isinstance(stored, str) else stored
+        stored = stored if isinstance(stored, torch.dtype) else torch.float32
+        if on_gpu:
+            return stored, stored
+        flags = cpu_flags() if flags is None else flags
+        native_bf16 = bool({"avx512_bf16", "amx_bf16"} & flags)
+        half = stored in (torch.bfloat16, torch.float16)
+        found = torch.bfloat16 if half and native_bf16 else torch.float32
+        return found, found
+    found = _DTYPES[dtype]
+    if found == torch.float16 and not on_gpu:
+        return torch.float32, torch.float16
+    return found, found
 
 
 @dataclass(frozen=True)
@@ -55,7 +87,7 @@ class ModelConfig:
     model_path: str  # the local HF-format folder it resolved to
     tokenizer: str  # local folder holding the tokenizer files
     hf_config: Any  # transformers.PretrainedConfig of the checkpoint
-    dtype: torch.dtype
+    dtype: torch.dtype  # activations, KV cache and arithmetic
     seed: int
     max_model_len: int
     load_format: str = "auto"
@@ -64,6 +96,9 @@ class ModelConfig:
     # Most logprobs a request may ask for (logprobs and prompt_logprobs); -1
     # allows up to the vocabulary size. vLLM's default, the OpenAI API's limit.
     max_logprobs: int = 20
+    # Storage of the weight matrices (linear layers, embedding, LM head) when it
+    # differs from dtype: fp16 weights with fp32 arithmetic on CPU. None: dtype.
+    weight_dtype: torch.dtype | None = None
 
     def __post_init__(self) -> None:
         check_int("max_logprobs", self.max_logprobs, low=-1)

@@ -38,8 +38,8 @@ struct LinearShape {
 // while this tile computes, so its load from memory overlaps the arithmetic.
 // (A template flag, not a null check, keeps the loop without it free of the
 // extra registers.)
-template <int MB, int NB, bool PF, typename T>
-inline void dot_tile(const T* x, const T* w, const T* next, const LinearShape& s,
+template <int MB, int NB, bool PF, typename T, typename W>
+inline void dot_tile(const T* x, const W* w, const W* next, const LinearShape& s,
                      float (&res)[kMB][kNB]) {
   Vec8 acc[MB][NB];
   for (int i = 0; i < MB; ++i)
@@ -48,7 +48,7 @@ inline void dot_tile(const T* x, const T* w, const T* next, const LinearShape& s
   for (; p + kLanes <= s.k; p += kLanes) {
     Vec8 wv[NB];
     for (int j = 0; j < NB; ++j) wv[j] = load8(w + j * s.ws + p);
-    if (PF && p % (64 / sizeof(T)) == 0) {  // one prefetch per cache line
+    if (PF && p % (64 / sizeof(W)) == 0) {  // one prefetch per cache line
       for (int j = 0; j < NB; ++j) __builtin_prefetch(next + j * s.ws + p);
     }
     for (int i = 0; i < MB; ++i) {
@@ -68,8 +68,8 @@ inline void dot_tile(const T* x, const T* w, const T* next, const LinearShape& s
 }
 
 // dot_tile for a block of mb <= kMB rows (the row count picked at run time).
-template <int NB, bool PF, typename T>
-inline void dot_rows(int64_t mb, const T* x, const T* w, const T* next,
+template <int NB, bool PF, typename T, typename W>
+inline void dot_rows(int64_t mb, const T* x, const W* w, const W* next,
                      const LinearShape& s, float (&res)[kMB][kNB]) {
   if (mb == 3) {
     dot_tile<3, NB, PF>(x, w, next, s, res);
@@ -81,11 +81,11 @@ inline void dot_rows(int64_t mb, const T* x, const T* w, const T* next,
 }
 
 // Every x row against NB weight rows starting at row n0 of W.
-template <int NB, typename T>
-void rows_tile(const T* x, const T* w, const T* next, const T* bias, T* out,
+template <int NB, typename T, typename W>
+void rows_tile(const T* x, const W* w, const W* next, const T* bias, T* out,
                const LinearShape& s, int64_t n0) {
   float res[kMB][kNB];
-  const T* wt = w + n0 * s.ws;
+  const W* wt = w + n0 * s.ws;
   int64_t mb = 0;
   for (int64_t m0 = 0; m0 < s.m; m0 += mb) {
     const T* xt = x + m0 * s.xs;
@@ -108,8 +108,8 @@ void rows_tile(const T* x, const T* w, const T* next, const T* bias, T* out,
   }
 }
 
-template <typename T>
-void linear_impl(const T* x, const T* w, const T* bias, T* out,
+template <typename T, typename W>
+void linear_impl(const T* x, const W* w, const T* bias, T* out,
                  const LinearShape& s) {
   const int64_t tiles = (s.n + kNB - 1) / kNB;
   // At least ~64 KiB of fp32 weights per task, so tiny layers stay on one
@@ -119,12 +119,12 @@ void linear_impl(const T* x, const T* w, const T* bias, T* out,
     for (int64_t t = b; t < e; ++t) {
       const int64_t n0 = t * kNB;
       const bool full_next = t + 1 < e && n0 + 2 * kNB <= s.n;
-      const T* next = full_next ? w + (n0 + kNB) * s.ws : nullptr;
+      const W* next = full_next ? w + (n0 + kNB) * s.ws : nullptr;
       if (n0 + kNB <= s.n) {
         rows_tile<kNB>(x, w, next, bias, out, s, n0);
       } else {
         for (int64_t n = n0; n < s.n; ++n) {
-          rows_tile<1, T>(x, w, nullptr, bias, out, s, n);
+          rows_tile<1, T, W>(x, w, nullptr, bias, out, s, n);
         }
       }
     }
@@ -147,7 +147,11 @@ void linear(at::Tensor& out, const at::Tensor& x, const at::Tensor& weight,
               " input features, x has ", k);
   TORCH_CHECK(out.size(0) == m && out.size(1) == n, "out must be [", m, ", ", n,
               "]");
-  check_same_dtype(x, weight, "weight");
+  // Weights in x's dtype, or fp16/bf16 weights with fp32 activations.
+  const auto wt = weight.scalar_type();
+  const bool mixed = x.scalar_type() == at::kFloat &&
+                     (wt == at::kHalf || wt == at::kBFloat16);
+  if (!mixed) check_same_dtype(x, weight, "weight");
   check_same_dtype(x, out, "out");
   if (bias) {
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == n && bias->stride(0) == 1,
@@ -156,6 +160,18 @@ void linear(at::Tensor& out, const at::Tensor& x, const at::Tensor& weight,
   }
   if (m == 0 || n == 0) return;
   const LinearShape s{m, n, k, x.stride(0), weight.stride(0), out.stride(0)};
+  if (mixed) {
+    const float* bp = bias ? bias->const_data_ptr<float>() : nullptr;
+    if (wt == at::kHalf) {
+      linear_impl(x.const_data_ptr<float>(), weight.const_data_ptr<c10::Half>(), bp,
+                  out.data_ptr<float>(), s);
+    } else {
+      linear_impl(x.const_data_ptr<float>(),
+                  weight.const_data_ptr<c10::BFloat16>(), bp, out.data_ptr<float>(),
+                  s);
+    }
+    return;
+  }
   VLLM_DISPATCH_FLOAT_BF16(x.scalar_type(), "linear", [&] {
     const scalar_t* bp = bias ? bias->const_data_ptr<scalar_t>() : nullptr;
     linear_impl(x.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(), bp,

@@ -3,16 +3,18 @@
 // With AVX2+FMA (the build adds -mavx2 -mfma only when the build machine runs
 // them) a Vec8 is one __m256 register. Otherwise it is a plain float[8] whose
 // loops the compiler may still auto-vectorise, so each kernel is written once.
-// Storage types are float and c10::BFloat16; arithmetic is always fp32.
+// Storage types are float and c10::BFloat16 (and c10::Half for loads of fp16
+// weights); arithmetic is always fp32.
 #pragma once
 
 #include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 
-#if defined(__AVX2__) && defined(__FMA__)
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
 #define VLLM_CPU_AVX2 1
 #endif
@@ -23,6 +25,7 @@ constexpr int kLanes = 8;
 
 inline float to_float(float x) { return x; }
 inline float to_float(c10::BFloat16 x) { return static_cast<float>(x); }
+inline float to_float(c10::Half x) { return static_cast<float>(x); }
 
 template <typename T>
 inline T from_float(float x) {
@@ -42,6 +45,10 @@ inline Vec8 load8(const c10::BFloat16* p) {
   __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
   __m256i w = _mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16);
   return {_mm256_castsi256_ps(w)};
+}
+// fp16 weights (F16C: every AVX2 CPU has it, and the build probes for it).
+inline Vec8 load8(const c10::Half* p) {
+  return {_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))};
 }
 inline void store8(float* p, Vec8 a) { _mm256_storeu_ps(p, a.v); }
 inline void store8(c10::BFloat16* p, Vec8 a) {

@@ -102,6 +102,7 @@ def test_bf16_rounds_once_from_fp32_sums() -> None:
         (torch.randn(8, 4).t(), torch.randn(3, 8), None, "x must be contiguous"),
         (torch.randn(2, 8), torch.randn(3, 9), None, "input features"),
         (torch.randn(2, 8), torch.randn(3, 8).double(), None, "weight has dtype"),
+        (torch.randn(2, 8).bfloat16(), torch.randn(3, 8).half(), None, "weight has"),
         (torch.randn(2, 8), torch.randn(3, 8), torch.randn(4), "bias must be"),
     ],
 )
@@ -125,3 +126,19 @@ def test_wrapper_uses_kernel_only_for_few_dense_rows(monkeypatch) -> None:
     for x, kernels in ((few, False), (many, True), (cols, True)):
         assert torch.equal(ops.linear(x, w, b, kernels), F.linear(x, w, b))
     assert len(calls) == 3
+
+
+@pytest.mark.parametrize("wdtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("m", [1, 5, 33])
+def test_16bit_weights_widen_exactly(wdtype, m: int) -> None:
+    # fp32 x with 16-bit weights (--dtype float16 on CPU): widening is exact, so
+    # the result must be the fp32 kernel's on the widened weights, bit for bit,
+    # in the kernel and through the wrapper's F.linear path alike.
+    x = torch.randn(m, 200)
+    w16, b = torch.randn(70, 200).to(wdtype), torch.randn(70)
+    got = run_kernel(x, w16, b)
+    assert torch.equal(got, run_kernel(x, w16.float(), b))
+    assert_within_fp32_bound(got, x, w16.float(), b)
+    assert torch.equal(ops.linear(x, w16, b), got)
+    many = torch.randn(ops.LINEAR_KERNEL_MAX_ROWS + 3, 200)
+    assert torch.equal(ops.linear(many, w16, b), F.linear(many, w16.float(), b))

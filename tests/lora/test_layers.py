@@ -70,7 +70,9 @@ def _build(kind: str, tp: TensorParallelGroup) -> LoRALinear:
         offset += size
         args = () if shard_id is None else (shard_id,)
         base.weight_loader(base.weight, piece, *args)
-    layer = LoRALinear(base, LoRABatch(), len(parts), MAX_LORAS, MAX_RANK)
+    layer = LoRALinear(
+        base, LoRABatch(), len(parts), MAX_LORAS, MAX_RANK, base.weight.dtype
+    )
     for slot, chosen in _adapters(kind).items():
         for p, a, b in chosen:
             layer.set_part(slot, p, parts[p][0], a, b)

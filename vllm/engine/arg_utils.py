@@ -171,12 +171,14 @@ class EngineArgs:
         path = resolve_model(self.model)
         hf_config = load_hf_config(path)
         max_len = self.max_model_len or derive_max_model_len(hf_config)
+        dtype, weight_dtype = resolve_dtype(self.dtype, hf_config)
         model_config = ModelConfig(
             model=self.model,
             model_path=path,
             tokenizer=resolve_model(self.tokenizer) if self.tokenizer else path,
             hf_config=hf_config,
-            dtype=resolve_dtype(self.dtype, hf_config),
+            dtype=dtype,
+            weight_dtype=None if weight_dtype == dtype else weight_dtype,
             seed=self.seed,
             max_model_len=max_len,
             load_format=self.load_format,

@@ -77,6 +77,7 @@ class LoRALinear(nn.Module):
         num_parts: int,  # projections fused in the base layer
         max_loras: int,
         max_rank: int,
+        dtype: torch.dtype,  # the model's compute dtype (its weights may be 16-bit)
     ):
         super().__init__()
         self.base = base
@@ -85,7 +86,6 @@ class LoRALinear(nn.Module):
         self.max_rank = max_rank
         out_features, in_features = base.weight.shape  # this rank's shard
         width = num_parts * max_rank
-        dtype = base.weight.dtype
         self.lora_a = torch.zeros(max_loras, width, in_features, dtype=dtype)
         self.lora_b = torch.zeros(max_loras, out_features, width, dtype=dtype)
 

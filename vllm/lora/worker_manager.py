@@ -62,7 +62,12 @@ class LoRAManager:
                 continue
             parts = projections[name]
             layer = LoRALinear(
-                module, self.batch, len(parts), self.max_loras, self.max_rank
+                module,
+                self.batch,
+                len(parts),
+                self.max_loras,
+                self.max_rank,
+                self.dtype,
             )
             setattr(model.get_submodule(parent_path), name, layer)
             layers.append(layer)

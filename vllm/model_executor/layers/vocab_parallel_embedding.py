@@ -17,6 +17,9 @@ class VocabParallelEmbedding(nn.Module):
         # Pad so every rank holds the same number of rows.
         self.shard_size = -(-vocab_size // tp.size)
         self.vocab_start = tp.rank * self.shard_size
+        # Rows come out in the dtype the model computes in (built under it as the
+        # default), also when the table is stored in 16 bits (weight_dtype).
+        self.compute_dtype = torch.get_default_dtype()
         self.weight = nn.Parameter(
             torch.empty(self.shard_size, hidden_size), requires_grad=False
         )
@@ -28,11 +31,11 @@ class VocabParallelEmbedding(nn.Module):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:  # [T] -> [T, H]
         if self.tp.size == 1:
-            return F.embedding(input_ids, self.weight)
+            return F.embedding(input_ids, self.weight).to(self.compute_dtype)
         local = input_ids - self.vocab_start
         outside = (local < 0) | (local >= self.shard_size)
         out = F.embedding(local.masked_fill(outside, 0), self.weight)
-        out.masked_fill_(outside.unsqueeze(-1), 0.0)
+        out = out.to(self.compute_dtype).masked_fill_(outside.unsqueeze(-1), 0.0)
         return self.tp.all_reduce(out)
 
 

@@ -6,6 +6,10 @@ from torch import nn
 
 from vllm.config import ModelConfig
 from vllm.distributed.parallel_state import TensorParallelGroup
+from vllm.model_executor.layers.linear import ColumnParallelLinear, RowParallelLinear
+from vllm.model_executor.layers.vocab_parallel_embedding import (
+    VocabParallelEmbedding,
+)
 from vllm.model_executor.models.registry import resolve_model_class
 
 
@@ -21,6 +25,8 @@ def get_model(
         model = cls(model_config, tp, layers)
     finally:
         torch.set_default_dtype(previous)
+    if model_config.weight_dtype not in (None, model_config.dtype):
+        _store_matrices_as(model, model_config.weight_dtype)
     if model_config.load_format == "dummy":
         _init_dummy(model, model_config.seed)
     else:
@@ -47,3 +53,13 @@ def _init_dummy(model: nn.Module, seed: int) -> None:
         values = torch.empty(param.shape, dtype=torch.float32)
         values.uniform_(-0.05, 0.05, generator=gen)
         param.data.copy_(values)
+
+
+def _store_matrices_as(model: nn.Module, dtype: torch.dtype) -> None:
+    """Weight matrices (linear layers, embedding, LM head) stored in `dtype`
+    before loading, which rounds into them; norms and biases stay in the compute
+    dtype. A tied LM head shares the embedding's parameter, converted once."""
+    matrices = (ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding)
+    for module in model.modules():
+        if isinstance(module, matrices) and module.weight.dtype != dtype:
+            module.weight.data = module.weight.data.to(dtype)
