@@ -27,6 +27,8 @@ namespace {
 constexpr int kMB = 3;
 constexpr int kNB = 4;
 static_assert(kMB == 3, "dot_rows dispatches blocks of 1 to 3 rows");
+// Calls with at most this many x rows (batch-1 decode) read W row by row.
+constexpr int64_t kSingleStreamRows = 3;
 
 struct LinearShape {
   int64_t m, n, k;
@@ -115,6 +117,19 @@ void linear_impl(const T* x, const W* w, const T* bias, T* out,
   // At least ~64 KiB of fp32 weights per task, so tiny layers stay on one
   // thread, while every decode-sized layer of a real model splits.
   const int64_t grain = std::max<int64_t>(1, (1 << 14) / (kNB * s.k));
+  if (s.m <= kSingleStreamRows) {
+    // One weight row at a time: each thread reads one sequential stream,
+    // which the hardware prefetcher follows at about 1.5x the bandwidth of
+    // kNB interleaved row streams (benchmarks/README.md, "Few-row linear
+    // kernel"); with so few x rows there is no reuse for a tile to win.
+    at::parallel_for(0, s.n, grain * kNB, [&](int64_t b, int64_t e) {
+      for (int64_t n = b; n < e; ++n) {
+        const W* next = n + kNB < e ? w + (n + kNB) * s.ws : nullptr;
+        rows_tile<1, T, W>(x, w, next, bias, out, s, n);
+      }
+    });
+    return;
+  }
   at::parallel_for(0, tiles, grain, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) {
       const int64_t n0 = t * kNB;
