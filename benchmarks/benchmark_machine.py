@@ -20,8 +20,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from vllm.cpu_info import NATIVE_BF16_FLAGS as BF16_FLAGS
+from vllm.cpu_info import cpu_flags
+
 # Flags that give a CPU native bf16 dot products (AVX-512 BF16, AMX).
-BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 SHOWN_FLAGS = (
     "avx2",
     "fma",
@@ -33,17 +35,6 @@ SHOWN_FLAGS = (
 )
 # The shapes issue 15 quotes: a square GEMM, and 32 tokens through an MLP gate/up.
 MATMUL_SHAPES = ((2048, 2048, 2048), (32, 576, 1536))  # (M, K, N)
-
-
-def cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 def cpu_name() -> str:

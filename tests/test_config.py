@@ -251,7 +251,7 @@ def test_resolve_dtype_on_cpu(requested, stored, flags, want):
 
 
 def test_cpu_flags_reads_this_machine():
-    from vllm.config import cpu_flags
+    from vllm.cpu_info import cpu_flags
 
     flags = cpu_flags()
     with open("/proc/cpuinfo") as f:

@@ -14,6 +14,7 @@ large-row calls it leaves untouched.
 import torch
 import torch.nn.functional as F
 
+from vllm.cpu_info import has_native_bf16
 from vllm.logger import init_logger
 
 logger = init_logger(__name__)
@@ -27,6 +28,10 @@ _KERNEL_DTYPES = (torch.float32, torch.bfloat16)
 # wins (benchmarks/kernels/benchmark_linear.py; benchmarks/README.md,
 # "Few-row linear kernel").
 LINEAR_KERNEL_MAX_ROWS = 64
+# bf16 x: where the CPU multiplies bf16 natively, torch's oneDNN matmul is 2-3.5x
+# the kernel (which computes in fp32) from 4 rows up, so the kernel keeps only the
+# bandwidth-bound calls of at most 3 rows, where it reads the weights faster.
+BF16_LINEAR_KERNEL_MAX_ROWS = 3 if has_native_bf16() else LINEAR_KERNEL_MAX_ROWS
 
 
 def _load_kernels() -> bool:
@@ -194,16 +199,21 @@ def linear(
     bias: torch.Tensor | None = None,  # [N]
     kernels: bool = True,
 ) -> torch.Tensor:  # [M, N]
-    """x @ weight.T + bias. Calls of at most LINEAR_KERNEL_MAX_ROWS rows run the
-    kernel, which reads each weight row once for all rows, near the memory
+    """x @ weight.T + bias. Calls of at most LINEAR_KERNEL_MAX_ROWS rows (bf16 x:
+    BF16_LINEAR_KERNEL_MAX_ROWS) run the kernel, which reads each weight row
+    once for all rows, near the memory
     bandwidth; others (and inputs whose rows are not dense) run F.linear.
     16-bit weights under fp32 x (``--dtype float16`` on CPU) are widened
     exactly: in the kernel's registers, or to a temporary for F.linear."""
     tensors = (weight,) if bias is None else (weight, bias)
     widen = weight.dtype != x.dtype
+    if x.dtype == torch.bfloat16:
+        max_rows = BF16_LINEAR_KERNEL_MAX_ROWS
+    else:
+        max_rows = LINEAR_KERNEL_MAX_ROWS
     if (
         x.dim() == 2
-        and x.shape[0] <= LINEAR_KERNEL_MAX_ROWS
+        and x.shape[0] <= max_rows
         and all(t.stride(-1) == 1 for t in (x, *tensors))
         and kernels_enabled(kernels, x, *(() if bias is None else (bias,)))
         and weight.dtype

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from vllm.cpu_info import has_native_bf16
 from vllm.field_checks import SEED_MAX, SEED_MIN, check_int
 
 _DTYPES = {
@@ -26,18 +27,6 @@ LOAD_FORMATS = (*CHECKPOINT_FORMATS, "dummy")
 EXECUTOR_BACKENDS = ("uni", "mp", "ray")
 # Ray's placement-group strategies, by Ray's names.
 RAY_PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
-
-
-def cpu_flags() -> frozenset[str]:
-    """The instruction-set flags /proc/cpuinfo lists (empty where it is absent)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
 
 
 def resolve_dtype(
@@ -70,8 +59,7 @@ def resolve_dtype(
         stored = stored if isinstance(stored, torch.dtype) else torch.float32
         if on_gpu:
             return stored, stored
-        flags = cpu_flags() if flags is None else flags
-        native_bf16 = bool({"avx512_bf16", "amx_bf16"} & flags)
+        native_bf16 = has_native_bf16(flags)
         half = stored in (torch.bfloat16, torch.float16)
         found = torch.bfloat16 if half and native_bf16 else torch.float32
         return found, found

@@ -14,6 +14,8 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <type_traits>
+#include <vector>
 
 #include "../ops.h"
 #include "cpu_utils.h"
@@ -82,12 +84,11 @@ inline void dot_rows(int64_t mb, const T* x, const W* w, const W* next,
   }
 }
 
-// Every x row against NB weight rows starting at row n0 of W.
+// Every x row against the NB weight rows at wt, rows n0... of W.
 template <int NB, typename T, typename W>
-void rows_tile(const T* x, const W* w, const W* next, const T* bias, T* out,
+void rows_tile(const T* x, const W* wt, const W* next, const T* bias, T* out,
                const LinearShape& s, int64_t n0) {
   float res[kMB][kNB];
-  const W* wt = w + n0 * s.ws;
   int64_t mb = 0;
   for (int64_t m0 = 0; m0 < s.m; m0 += mb) {
     const T* xt = x + m0 * s.xs;
@@ -110,6 +111,27 @@ void rows_tile(const T* x, const W* w, const W* next, const T* bias, T* out,
   }
 }
 
+// rows_tile for 16-bit weights under fp32 x: the tile is widened once into buf
+// [NB, K] (prefetching the next tile meanwhile), so the conversion is not
+// repeated for every block of x rows; the arithmetic is then the fp32 path's.
+template <int NB, typename W>
+void widened_tile(const float* x, const W* wt, const W* next, const float* bias,
+                  float* out, const LinearShape& s, int64_t n0, float* buf) {
+  for (int j = 0; j < NB; ++j) {
+    const W* row = wt + j * s.ws;
+    float* dst = buf + j * s.k;
+    int64_t p = 0;
+    for (; p + kLanes <= s.k; p += kLanes) {
+      if (next && p % (64 / sizeof(W)) == 0) __builtin_prefetch(next + j * s.ws + p);
+      store8(dst + p, load8(row + p));
+    }
+    for (; p < s.k; ++p) dst[p] = to_float(row[p]);
+  }
+  LinearShape dense = s;
+  dense.ws = s.k;
+  rows_tile<NB, float, float>(x, buf, nullptr, bias, out, dense, n0);
+}
+
 template <typename T, typename W>
 void linear_impl(const T* x, const W* w, const T* bias, T* out,
                  const LinearShape& s) {
@@ -125,22 +147,26 @@ void linear_impl(const T* x, const W* w, const T* bias, T* out,
     at::parallel_for(0, s.n, grain * kNB, [&](int64_t b, int64_t e) {
       for (int64_t n = b; n < e; ++n) {
         const W* next = n + kNB < e ? w + (n + kNB) * s.ws : nullptr;
-        rows_tile<1, T, W>(x, w, next, bias, out, s, n);
+        rows_tile<1, T, W>(x, w + n * s.ws, next, bias, out, s, n);
       }
     });
     return;
   }
+  constexpr bool kWiden = !std::is_same_v<T, W>;
   at::parallel_for(0, tiles, grain, [&](int64_t b, int64_t e) {
+    std::vector<float> buf(kWiden ? kNB * s.k : 0);
     for (int64_t t = b; t < e; ++t) {
       const int64_t n0 = t * kNB;
       const bool full_next = t + 1 < e && n0 + 2 * kNB <= s.n;
       const W* next = full_next ? w + (n0 + kNB) * s.ws : nullptr;
-      if (n0 + kNB <= s.n) {
-        rows_tile<kNB>(x, w, next, bias, out, s, n0);
-      } else {
+      if (n0 + kNB > s.n) {
         for (int64_t n = n0; n < s.n; ++n) {
-          rows_tile<1, T, W>(x, w, nullptr, bias, out, s, n);
+          rows_tile<1, T, W>(x, w + n * s.ws, nullptr, bias, out, s, n);
         }
+      } else if constexpr (kWiden) {
+        widened_tile<kNB>(x, w + n0 * s.ws, next, bias, out, s, n0, buf.data());
+      } else {
+        rows_tile<kNB>(x, w + n0 * s.ws, next, bias, out, s, n0);
       }
     }
   });
