@@ -201,32 +201,39 @@ def linear(
 ) -> torch.Tensor:  # [M, N]
     """x @ weight.T + bias. Calls of at most LINEAR_KERNEL_MAX_ROWS rows (bf16 x:
     BF16_LINEAR_KERNEL_MAX_ROWS) run the kernel, which reads each weight row
-    once for all rows, near the memory
-    bandwidth; others (and inputs whose rows are not dense) run F.linear.
+    once for all rows, near the memory bandwidth; others (and inputs whose
+    rows are not dense) run F.linear.
     16-bit weights under fp32 x (``--dtype float16`` on CPU) are widened
     exactly: in the kernel's registers, or to a temporary for F.linear."""
-    tensors = (weight,) if bias is None else (weight, bias)
-    widen = weight.dtype != x.dtype
-    if x.dtype == torch.bfloat16:
-        max_rows = BF16_LINEAR_KERNEL_MAX_ROWS
-    else:
-        max_rows = LINEAR_KERNEL_MAX_ROWS
+    # Checked inline, cheapest first: this runs for every layer of every step.
+    xd, wd = x.dtype, weight.dtype
     if (
-        x.dim() == 2
-        and x.shape[0] <= max_rows
-        and all(t.stride(-1) == 1 for t in (x, *tensors))
-        and kernels_enabled(kernels, x, *(() if bias is None else (bias,)))
-        and weight.dtype
-        in (x.dtype, *(_HALF_WEIGHTS if x.dtype == torch.float32 else ()))
+        kernels
+        and HAS_KERNELS
+        and x.dim() == 2
+        and x.shape[0] <= _LINEAR_MAX_ROWS.get(xd, -1)
+        and wd in _LINEAR_WEIGHTS[xd]
+        and x.is_cpu
+        and x.stride(-1) == 1
+        and weight.stride(-1) == 1
+        and (bias is None or (bias.dtype == xd and bias.stride(-1) == 1))
     ):
-        out = torch.empty(x.shape[0], weight.shape[0], dtype=x.dtype)
+        out = torch.empty(x.shape[0], weight.shape[0], dtype=xd)
         torch.ops._C.linear(out, x, weight, bias)
         return out
-    return _torch_linear(x, weight.to(x.dtype) if widen else weight, bias)
+    return _torch_linear(x, weight if wd == xd else weight.to(xd), bias)
 
 
-# 16-bit weight dtypes the kernel widens in registers under fp32 activations.
-_HALF_WEIGHTS = (torch.float16, torch.bfloat16)
+# Rows up to which the kernel runs, and the weight dtypes it takes, by x dtype:
+# 16-bit weights under fp32 x are widened in registers.
+_LINEAR_MAX_ROWS = {
+    torch.float32: LINEAR_KERNEL_MAX_ROWS,
+    torch.bfloat16: BF16_LINEAR_KERNEL_MAX_ROWS,
+}
+_LINEAR_WEIGHTS = {
+    torch.float32: (torch.float32, torch.float16, torch.bfloat16),
+    torch.bfloat16: (torch.bfloat16,),
+}
 
 
 def rms_norm(

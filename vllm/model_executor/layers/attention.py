@@ -76,10 +76,35 @@ class Attention(nn.Module):
                 self.scale,
                 self.kernels,
             )
-        for seq in meta.prefills:
-            rows = slice(seq.query_start, seq.query_start + seq.query_len)
-            out[rows] = self._prefill(q[rows], k[rows], v[rows], kv_cache, seq)
+        for first, count in _batches(meta.prefills):
+            seq = meta.prefills[first]
+            rows = slice(seq.query_start, seq.query_start + count * seq.query_len)
+            if count == 1:
+                out[rows] = self._prefill(q[rows], k[rows], v[rows], kv_cache, seq)
+            else:
+                out[rows] = self._fresh_prompts(q[rows], k[rows], v[rows], count)
         return out.view(t, self.num_heads * self.head_size)
+
+    def _fresh_prompts(
+        self,
+        q: torch.Tensor,  # [n * L, Hq, D]: n whole prompts of L tokens, back to back
+        k: torch.Tensor,  # [n * L, Hkv, D]
+        v: torch.Tensor,  # [n * L, Hkv, D]
+        n: int,
+    ) -> torch.Tensor:  # [n * L, Hq, D]
+        """Causal attention of n equal-length prompts in one SDPA call: at prompt
+        lengths of a few hundred tokens the per-call cost dominates, and one
+        call per prompt per layer spent most of it."""
+        q, k, v = (x.unflatten(0, (n, -1)).transpose(1, 2) for x in (q, k, v))
+        out = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            is_causal=True,
+            scale=self.scale,
+            enable_gqa=self.num_heads != self.num_kv_heads,
+        )
+        return out.transpose(1, 2).flatten(0, 1)
 
     def _prefill(
         self,
@@ -117,3 +142,22 @@ def _gather(
     blocks = cache[block_table]  # [n, Hkv, bs, D]
     n, h, bs, d = blocks.shape
     return blocks.transpose(1, 2).reshape(n * bs, h, d)[:length]
+
+
+def _batches(prefills: list[PrefillSeq]) -> list[tuple[int, int]]:
+    """(index of the first, count) of runs of prefills that one SDPA call can
+    take together: whole prompts (no cached context) of one length, adjacent in
+    the batch. Anything else is a run of one."""
+    runs: list[tuple[int, int]] = []
+    for i, seq in enumerate(prefills):
+        if runs and seq.context_len == seq.query_len:
+            first, count = runs[-1]
+            head = prefills[first]
+            if (
+                head.context_len == head.query_len == seq.query_len
+                and seq.query_start == head.query_start + count * head.query_len
+            ):
+                runs[-1] = (first, count + 1)
+                continue
+        runs.append((i, 1))
+    return runs
