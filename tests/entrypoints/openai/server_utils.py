@@ -2,6 +2,7 @@
 read its /metrics and check what it leaves behind."""
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -18,9 +19,26 @@ API_KEY = "test-key"
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free port below the kernel's ephemeral range and above Ray's worker
+    ports (10002-19999). A port the kernel hands out (bind to 0) can be handed
+    out again while the server starts, and Ray's gRPC servers bind with
+    SO_REUSEPORT: then the kernel splits our HTTP connections between the two
+    sockets, and a request gets an HTTP/2 frame back (seen once in CI)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            ephemeral_low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, max(20001, ephemeral_low))
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-32767")
 
 
 class RemoteServer:
