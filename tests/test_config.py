@@ -84,12 +84,16 @@ def test_default_backend_is_uni_then_mp(clean_env, tiny_model):
     assert not two.parallel_config.use_spmd_worker
 
 
+def set_or_unset(env, name: str, value: str | None) -> None:
+    if value is None:
+        env.delenv(name, raising=False)
+    else:
+        env.setenv(name, value)
+
+
 @pytest.mark.parametrize("value, expected", [(None, 1.0), ("0.25", 0.25), ("0", 0.0)])
 def test_graph_idle_teardown_read_into_config(clean_env, tiny_model, value, expected):
-    if value is None:
-        clean_env.delenv("VLLM_RAY_CGRAPH_IDLE_TEARDOWN_S", raising=False)
-    else:
-        clean_env.setenv("VLLM_RAY_CGRAPH_IDLE_TEARDOWN_S", value)
+    set_or_unset(clean_env, "VLLM_RAY_CGRAPH_IDLE_TEARDOWN_S", value)
     config = EngineArgs(model=tiny_model("llama_gqa")).create_engine_config()
     assert config.parallel_config.spmd_graph_idle_teardown_s == expected
 
@@ -110,10 +114,7 @@ def test_graph_idle_teardown_refuses_bad_values(clean_env, tiny_model, value):
 def test_ray_placement_strategy_read_into_config(
     clean_env, tiny_model, value, expected
 ):
-    if value is None:
-        clean_env.delenv("VLLM_RAY_PLACEMENT_STRATEGY", raising=False)
-    else:
-        clean_env.setenv("VLLM_RAY_PLACEMENT_STRATEGY", value)
+    set_or_unset(clean_env, "VLLM_RAY_PLACEMENT_STRATEGY", value)
     config = EngineArgs(model=tiny_model("llama_gqa")).create_engine_config()
     assert config.parallel_config.ray_placement_strategy == expected
 

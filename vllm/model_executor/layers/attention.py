@@ -7,7 +7,7 @@ one) are computed per sequence with SDPA, reading earlier context from the cache
 when the chunk does not start at position 0.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,12 @@ class AttentionMetadata:
     decode_block_tables: torch.Tensor  # [num_decode_tokens, max_blocks] int32
     decode_context_lens: torch.Tensor  # [num_decode_tokens] int32
     prefills: list[PrefillSeq]
+    # (first, count) runs of prefills one SDPA call takes together, found once
+    # per step here rather than in every layer.
+    prefill_runs: list[tuple[int, int]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.prefill_runs = _batches(self.prefills)
 
 
 KVCache = tuple[torch.Tensor, torch.Tensor]  # key, value: [blocks, Hkv, bs, D]
@@ -76,7 +82,7 @@ class Attention(nn.Module):
                 self.scale,
                 self.kernels,
             )
-        for first, count in _batches(meta.prefills):
+        for first, count in meta.prefill_runs:
             seq = meta.prefills[first]
             rows = slice(seq.query_start, seq.query_start + count * seq.query_len)
             if count == 1:
