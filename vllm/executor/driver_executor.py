@@ -8,6 +8,7 @@ followers from their loop. Subclasses supply only the transport.
 """
 
 import atexit
+import time
 import weakref
 from typing import Any
 
@@ -25,6 +26,9 @@ from vllm.worker.worker import Worker
 # How long a graceful close waits on the followers before the transport kills them:
 # a follower stuck in a collective must not hang the engine's exit.
 CLOSE_TIMEOUT_S = 10.0
+# A killed peer's sockets close before its process is reaped, so the driver's
+# broken collective can come before the death shows: wait this long for it.
+DEATH_GRACE_S = 2.0
 
 
 class RemoteRanks:
@@ -46,9 +50,12 @@ class RemoteRanks:
     def deaths_after(
         self, error: BaseException
     ) -> dict[int, tuple[int | None, str | None]]:
-        """Dead ranks once a call failed on the driver with ``error``; a
-        transport that learns of a death late may wait a little for it."""
-        return self.deaths()
+        """Dead ranks once a call failed on the driver with ``error``, waiting
+        up to DEATH_GRACE_S for a death to show; {} if none does."""
+        deadline = time.monotonic() + DEATH_GRACE_S
+        while not (deaths := self.deaths()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return deaths
 
     def close(self) -> None:
         raise NotImplementedError

@@ -57,8 +57,8 @@ class ActorRanks(RemoteRanks):
         """A peer's lost node breaks the driver's collective at once, but Ray
         tells of the loss only when the peer's call in flight fails (seconds)
         or the node is declared dead (~15 s): wait up to FAILURE_GRACE_S."""
-        if all(self.health.local):  # checked by pid, at once and exactly
-            return self.deaths()
+        if all(self.health.local):  # checked by pid
+            return super().deaths_after(error)
         deadline = time.monotonic() + FAILURE_GRACE_S
         while True:
             failed = actor_error(self.inflight)
