@@ -189,7 +189,7 @@ class ParallelConfig:
     # Ray placement-group strategy for the worker actors (RAY_PLACEMENT_STRATEGIES).
     ray_placement_strategy: str = "PACK"
     # torch threads per worker; 0 splits the worker's machine evenly between
-    # one pipeline stage's TP ranks (stages take turns).
+    # its ranks (pipeline stages compute at once, each on its own step).
     num_threads_per_worker: int = 0
     spmd_step_notifier: bool = True
     spmd_worker_niceness: int = 0

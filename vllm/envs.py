@@ -47,8 +47,8 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
     "VLLM_CPU_NUM_THREADS": (
         _int("VLLM_CPU_NUM_THREADS", 0),
         "torch threads per worker; 0 splits the machine's cores evenly between the "
-        "tensor-parallel ranks (of one pipeline stage: stages take turns) so they "
-        "do not oversubscribe the CPU. Read into "
+        "ranks (tensor-parallel ranks and pipeline stages, which compute at once) "
+        "so they do not oversubscribe the CPU. Read into "
         "ParallelConfig.num_threads_per_worker.",
     ),
     "VLLM_USE_CUSTOM_KERNELS": (

@@ -89,12 +89,18 @@ def test_tokens_equal_uni(
     try:
         got = generate(llm)
         pids = executor.collective_rpc("get_pid")
+        ahead = executor.collective_rpc("steps_ahead")
         # Ray actors cannot import this test module: inspect spawned ranks only.
         ranks = executor.collective_rpc(stage_of) if plane == "spmd_mp" else None
     finally:
         llm.shutdown()
     assert got == reference
     assert len(set(pids)) == tp * pp  # a control call reaches every rank
+    # Stages overlapped: every rank before the output rank went on to later
+    # steps before it had an earlier step's tokens.
+    output_rank = (pp - 1) * tp
+    assert all(n > 0 for n in ahead[:output_rank]), ahead
+    assert ahead[output_rank] == 0
     if ranks is None:
         return
     # Stage-major ranks, uneven split.
@@ -105,8 +111,8 @@ def test_tokens_equal_uni(
         first, last = stage == 0, stage == pp - 1
         want = ["embed_tokens"] * first + ["norm", "lm_head"] * last
         assert parts == want, rank
-    # Stages take turns, so each gets the cores of its TP share of the machine.
-    threads = envs.VLLM_CPU_NUM_THREADS or max(1, (os.cpu_count() or 1) // tp)
+    # Stages compute at once, so each rank gets its share of the machine.
+    threads = envs.VLLM_CPU_NUM_THREADS or max(1, (os.cpu_count() or 1) // (tp * pp))
     assert [r[5] for r in ranks] == [threads] * (tp * pp)
 
 

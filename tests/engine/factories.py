@@ -39,13 +39,14 @@ def make_scheduler(
     watermark: float = 0.0,
     enable_caching: bool = False,
     max_loras: int | None = None,
+    num_groups: int = 1,
 ) -> Scheduler:
     config = SchedulerConfig(
         max_num_seqs=max_num_seqs,
         max_num_batched_tokens=max_num_batched_tokens,
     )
     bm = BlockManager(num_blocks, block_size, watermark, enable_caching)
-    return Scheduler(config, bm, max_loras)
+    return Scheduler(config, bm, max_loras, num_groups)
 
 
 def fake_output(sched_out: SchedulerOutput, token: int = 7) -> SamplerOutput:

@@ -262,11 +262,23 @@ def _stops(token: int) -> bool:
     return token % 11 == 0  # stands in for EOS or a stop string
 
 
-@pytest.mark.parametrize("async_scheduling", [False, True])
-def test_random_workload_keeps_worker_and_engine_in_sync(async_scheduling):
-    """With async scheduling the fake worker runs each step as it is sent, and
-    the engine reads its output one step later, as StepQueue does."""
-    rng = random.Random(0)
+@pytest.mark.parametrize(
+    "num_groups, depth",
+    [(1, 0), (1, 1), (1, 2), (2, 1), (2, 2), (3, 3)],
+    ids=["sync", "async", "depth2", "pp2", "pp2-async", "pp3-async"],
+)
+def test_random_workload_keeps_worker_and_engine_in_sync(num_groups, depth):
+    """The fake worker runs each step as it is sent, and the engine reads its
+    output ``depth`` steps later, as StepQueue does (async scheduling, pipeline
+    stages). With several steps in flight, a request can be preempted and run
+    again before its discarded run's token arrives: that token is dropped."""
+    preemptions = sum(_random_workload(seed, num_groups, depth) for seed in range(6))
+    assert preemptions > 0  # the workload must exercise preemption
+
+
+def _random_workload(seed: int, num_groups: int, depth: int) -> int:
+    """Runs one random workload to the end, checking it; -> preemptions."""
+    rng = random.Random(seed)
     budget, max_seqs = 24, 4
     sched = make_scheduler(
         num_blocks=16,
@@ -274,6 +286,7 @@ def test_random_workload_keeps_worker_and_engine_in_sync(async_scheduling):
         max_num_batched_tokens=budget,
         max_num_seqs=max_seqs,
         watermark=0.1,
+        num_groups=num_groups,
     )
     pending = [
         make_request(f"r{i}", rng.randint(1, 30), max_tokens=rng.randint(1, 20))
@@ -290,7 +303,7 @@ def test_random_workload_keeps_worker_and_engine_in_sync(async_scheduling):
         out = sched.schedule()
         _check_engine_invariants(sched, out, budget, max_seqs)
         in_flight.append((out, _worker_step(worker, out)))
-        if async_scheduling and len(in_flight) < 2 and sched.has_unfinished_requests():
+        if len(in_flight) <= depth and sched.has_unfinished_requests():
             continue
         got = sched.update_from_output(*in_flight.popleft())
         done = [r for r in got if len(r.output_token_ids) >= r.max_tokens]
@@ -302,7 +315,6 @@ def test_random_workload_keeps_worker_and_engine_in_sync(async_scheduling):
             [r.request_id for r in stopped], RequestStatus.FINISHED_STOPPED
         )
     assert not pending and not sched.has_unfinished_requests()
-    assert sched.num_preemptions > 0  # the workload must exercise preemption
     for req in reqs:
         prompt_len = len(req.prompt_token_ids)
         expected = []
@@ -314,3 +326,40 @@ def test_random_workload_keeps_worker_and_engine_in_sync(async_scheduling):
         assert req.num_pending == 0 or req.status.finished
     worker.apply(sched.schedule().request)  # flush the last finished ids
     assert worker.states == {}
+    return sched.num_preemptions
+
+
+def test_pipeline_groups_take_turns_with_disjoint_requests():
+    """With 2 groups, a burst that one step could admit whole is split, and
+    consecutive steps share no request, so a stage never needs the tokens of
+    the step just before."""
+    sched = make_scheduler(num_blocks=64, max_num_batched_tokens=64, num_groups=2)
+    for i in range(6):
+        sched.add_request(make_request(f"r{i}", 4, max_tokens=8))
+    steps = [sched.schedule() for _ in range(6)]  # no output read: all in flight
+    ids = [set(scheduled_counts(s)) for s in steps]
+    assert ids[0] == {"r0", "r1", "r2"} and ids[1] == {"r3", "r4", "r5"}
+    for earlier, later in zip(ids, ids[1:]):
+        assert earlier.isdisjoint(later)
+    assert ids[2] == ids[0] and ids[3] == ids[1]
+
+
+def test_pipeline_group_with_nothing_to_do_passes_its_turn():
+    sched = make_scheduler(num_blocks=64, num_groups=2)
+    sched.add_request(make_request("a", 4, max_tokens=8))
+    first = step(sched)
+    assert scheduled_counts(first) == {"a": 4}
+    # Group 1 is empty: group 0 goes again at once rather than an empty step.
+    assert scheduled_counts(step(sched)) == {"a": 1}
+    sched.add_request(make_request("b", 4, max_tokens=8))
+    assert scheduled_counts(step(sched)) == {"b": 4}  # group 1's turn
+    assert scheduled_counts(step(sched)) == {"a": 1}
+
+
+def test_pipeline_groups_split_max_num_seqs():
+    sched = make_scheduler(num_blocks=64, max_num_seqs=4, num_groups=2)
+    for i in range(8):
+        sched.add_request(make_request(f"r{i}", 2, max_tokens=8))
+    assert len(sched.schedule().scheduled) == 2
+    assert len(sched.schedule().scheduled) == 2
+    assert len(sched.running) == 4 and len(sched.waiting) == 4

@@ -53,11 +53,16 @@ class TensorParallelGroup:
         return torch.cat(parts, dim=dim) if self.rank == 0 else None
 
 
+# Tokens travel point to point apart from the hidden states (tag 0).
+TOKENS_TAG = 1
+
+
 @dataclass(frozen=True)
 class PipelineGroup:
     """This rank's pipeline stage. Stage s hands its hidden states and residual
     to the same TP rank of stage s + 1 (point to point); the last stage's first
-    rank samples and shares the tokens with every rank."""
+    rank samples and sends the tokens to every rank (point to point too, so a
+    rank can take them when a later step needs them)."""
 
     rank: int = 0  # in the world group
     size: int = 1  # number of stages
@@ -97,6 +102,18 @@ class PipelineGroup:
         both = torch.empty(2, num_tokens, hidden_size, dtype=dtype)
         dist.recv(both, src=self.rank - self.tp_size)
         return both[0], both[1]
+
+    def send_tokens(self, tokens: torch.Tensor) -> list[Any]:
+        """Starts sending the output rank's sampled tokens [S] to every other
+        rank; -> the sends' work handles (keep them until they complete)."""
+        others = (r for r in range(self.size * self.tp_size) if r != self.rank)
+        return [dist.isend(tokens, dst=r, tag=TOKENS_TAG) for r in others]
+
+    def recv_tokens(self, num_tokens: int) -> tuple[torch.Tensor, Any]:
+        """Starts receiving a step's sampled tokens from the output rank;
+        -> (tokens [S], valid once the handle's wait() returns)."""
+        tokens = torch.empty(num_tokens, dtype=torch.long)
+        return tokens, dist.irecv(tokens, src=self.output_rank, tag=TOKENS_TAG)
 
     def share_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """In place, from the output rank to every rank of the world."""

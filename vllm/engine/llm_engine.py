@@ -45,8 +45,9 @@ class LLMEngine:
                 "--max-model-len or raise --kv-cache-space"
             )
         self.executor.initialize_cache(self.num_kv_blocks)
+        pp = vllm_config.parallel_config.pipeline_parallel_size
         self.steps = StepQueue(
-            self.executor, vllm_config.scheduler_config.async_scheduling
+            self.executor, vllm_config.scheduler_config.async_scheduling, pp
         )
         logger.info("KV cache: %d blocks (%d tokens)", self.num_kv_blocks, capacity)
         self.scheduler = Scheduler(
@@ -58,6 +59,7 @@ class LLMEngine:
                 enable_caching=cc.enable_prefix_caching,
             ),
             max_loras=lc.max_loras if lc else None,
+            num_groups=pp,
         )
         self.loras = LoRARegistry(lc, _lora_targets(vllm_config) if lc else {})
         self.output_processor = OutputProcessor(

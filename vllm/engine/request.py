@@ -48,6 +48,10 @@ class Request:
     # know them, the engine not yet. Counted in num_tokens so the next step
     # computes them; never sent (the workers feed their own sampled tokens).
     num_pending: int = 0
+    # Pipeline stages: the scheduler group it runs in while running.
+    group: int = 0
+    # Times preempted: tells its current run's tokens from a discarded one's.
+    epoch: int = 0
 
     @property
     def lora_int_id(self) -> int:

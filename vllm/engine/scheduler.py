@@ -14,11 +14,18 @@ completions of one prompt share it this way).
 
 With LoRA, at most ``max_loras`` distinct adapters run at once: a waiting request
 whose adapter would be one too many stays waiting (those behind it may go).
+
+With pipeline stages (``num_groups`` > 1, one per stage), each running request
+belongs to one group, the one whose step admitted it, and a step schedules one
+group, the next one in turn that has work. Consecutive steps thus share no
+request: stage 0 can compute step N+1 while a later stage still computes step N,
+since no token of step N is needed before the group's next turn. A group admits
+up to its share of the requests known at the time, and of ``max_num_seqs``.
 """
 
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from vllm.config import SchedulerConfig
 from vllm.engine.block_manager import BlockKey, BlockManager
@@ -38,6 +45,9 @@ logger = init_logger(__name__)
 class SchedulerOutput:
     request: ExecuteModelRequest  # what the workers receive
     scheduled: list[tuple[Request, int]]  # requests with their token counts
+    # Each scheduled request's Request.epoch when sent: a token of an older
+    # epoch belongs to a run that preemption discarded.
+    epochs: list[int] = field(default_factory=list)
 
     @property
     def is_empty(self) -> bool:
@@ -62,8 +72,12 @@ class Scheduler:
         config: SchedulerConfig,
         block_manager: BlockManager,
         max_loras: int | None = None,  # None: LoRA off
+        num_groups: int = 1,  # pipeline stages: steps in flight at once
     ):
         self.config = config
+        self.num_groups = num_groups
+        self._group_cap = -(-config.max_num_seqs // num_groups)
+        self._turn = 0  # the group whose step is next
         self.block_manager = block_manager
         self.max_loras = max_loras
         self.waiting: deque[Request] = deque()
@@ -83,15 +97,26 @@ class Scheduler:
         return bool(self.waiting or self.running)
 
     def schedule(self) -> SchedulerOutput:
-        budget = self.config.max_num_batched_tokens
         scheduled: list[tuple[Request, int]] = []
+        for k in range(self.num_groups):
+            group = (self._turn + k) % self.num_groups
+            self._schedule_group(group, scheduled)
+            if scheduled:
+                self._turn = group + 1
+                break
+        message = self._make_message(scheduled)
+        self._advance(scheduled)
+        return SchedulerOutput(message, scheduled, [r.epoch for r, _ in scheduled])
+
+    def _schedule_group(self, group: int, scheduled: list[tuple[Request, int]]):
+        budget = self.config.max_num_batched_tokens
         preempted = False
         i = 0
         while i < len(self.running) and budget > 0:
             req = self.running[i]
             n = min(req.num_tokens - req.num_computed_tokens, budget)
-            if n == 0 or req.has_all_tokens_in_flight:
-                i += 1  # async scheduling: waits for its step in flight
+            if req.group != group or n == 0 or req.has_all_tokens_in_flight:
+                i += 1  # another group's turn, or waits for its step in flight
                 continue
             while not self.block_manager.can_append(req, req.num_computed_tokens + n):
                 victim = self.running.pop()
@@ -108,10 +133,7 @@ class Scheduler:
             break
         # Admitting new work right after preempting would only thrash.
         if not preempted:
-            self._admit(scheduled, budget)
-        message = self._make_message(scheduled)
-        self._advance(scheduled)
-        return SchedulerOutput(message, scheduled)
+            self._admit(scheduled, budget, group)
 
     @staticmethod
     def _advance(scheduled: list[tuple[Request, int]]) -> None:
@@ -123,14 +145,21 @@ class Scheduler:
             if req.num_computed_tokens == req.num_tokens:
                 req.num_pending += 1
 
-    def _admit(self, scheduled: list[tuple[Request, int]], budget: int) -> None:
-        """Admits waiting requests in order while blocks and budget last; one
-        that would recompute a block another request computes this step is
-        skipped for this step."""
+    def _admit(
+        self, scheduled: list[tuple[Request, int]], budget: int, group: int
+    ) -> None:
+        """Admits waiting requests into ``group`` in order while blocks, budget
+        and the group's seats last; one that would recompute a block another
+        request computes this step is skipped for this step."""
         bm, i = self.block_manager, 0
         pending = self._pending_keys(scheduled)
         loras = {r.lora_int_id for r in self.running if r.lora}
-        while i < len(self.waiting) and budget > 0:
+        # Each group takes its share of the requests known now, so a burst that
+        # one step could admit whole still spreads over the groups.
+        share = -(-(len(self.running) + len(self.waiting)) // self.num_groups)
+        seats = min(share, self._group_cap)
+        seats -= sum(r.group == group for r in self.running)
+        while i < len(self.waiting) and budget > 0 and seats > 0:
             if len(self.running) >= self.config.max_num_seqs:
                 break
             req = self.waiting[i]
@@ -157,6 +186,8 @@ class Scheduler:
             self.prefix_cache_stats.queries += req.num_tokens
             self.prefix_cache_stats.hits += num_cached
             req.status = RequestStatus.RUNNING
+            req.group = group
+            seats -= 1
             if req.lora:
                 loras.add(req.lora_int_id)
             self.running.append(req)
@@ -216,6 +247,7 @@ class Scheduler:
         # A token in flight is dropped: sampling is a pure function of (seed,
         # output index), so recomputing samples the same one again.
         req.num_pending = 0
+        req.epoch += 1
         req.status = RequestStatus.WAITING
         if req.num_blocks_sent is not None:
             self._evicted.append(req.request_id)
@@ -229,18 +261,28 @@ class Scheduler:
         """Records sampled tokens; returns the requests that received one, in
         the worker's order. Under async scheduling, a request that finished or
         was preempted while the step was in flight ignores its token: a
-        finished one never shows it, a preempted one samples it again."""
+        finished one never shows it, a preempted one samples it again (even if
+        it runs again by now, with several steps in flight)."""
         got = []
         if sampled is not None:
+            stale = {
+                req.request_id
+                for (req, _), epoch in zip(out.scheduled, out.epochs)
+                if req.epoch != epoch
+            }
             for req_id, token in zip(sampled.req_ids, sampled.sampled_token_ids):
                 req = self.requests.get(req_id)
-                if req is None or req.status != RequestStatus.RUNNING:
+                if (
+                    req is None
+                    or req.status != RequestStatus.RUNNING
+                    or req_id in stale
+                ):
                     continue
                 req.num_pending -= 1
                 req.output_token_ids.append(token)
                 got.append(req)
-        for req, _ in out.scheduled:
-            if req.status == RequestStatus.RUNNING:
+        for (req, _), epoch in zip(out.scheduled, out.epochs):
+            if req.status == RequestStatus.RUNNING and req.epoch == epoch:
                 self.block_manager.cache_full_blocks(req)
         return got
 

@@ -6,6 +6,10 @@ own work (scheduling, output processing, detokenization) overlaps the workers'
 forward pass. The scheduler makes that safe (see Request.num_pending): the workers
 feed the tokens they sampled themselves, and a request that stopped at step N only
 leaves in a later message, its extra token dropped.
+
+With pipeline stages, each stage beyond the first keeps one more step in flight,
+so every stage has a step to compute (the scheduler gives consecutive steps
+disjoint requests).
 """
 
 from collections import deque
@@ -19,9 +23,12 @@ _NOTHING = SchedulerOutput(ExecuteModelRequest([], [], []), [])
 
 
 class StepQueue:
-    def __init__(self, executor: Executor, async_scheduling: bool):
+    def __init__(
+        self, executor: Executor, async_scheduling: bool, pipeline_stages: int = 1
+    ):
         self.executor = executor
-        self.depth = 1 if async_scheduling else 0  # steps left in flight
+        # Steps left in flight once a step's output is read.
+        self.depth = pipeline_stages - 1 + async_scheduling
         self.in_flight: deque[tuple[SchedulerOutput, StepResult]] = deque()
 
     def run(

@@ -126,9 +126,12 @@ class ModelRunner:
             prompt_logprobs=prompt_logprobs,
         )
 
-    def accept(self, inp: ModelInput, tokens: list[int]) -> None:
+    def accept(self, inp: ModelInput, tokens: list[int], late: bool = False) -> None:
         """What ``sample`` records, with tokens sampled elsewhere: a rank that
-        did not sample takes rank 0's, so every rank keeps the same states."""
+        did not sample takes rank 0's, so every rank keeps the same states.
+        ``late``: later steps came first, and removals may have moved rows."""
+        if late:
+            inp.rows = self.batch.rows([state for state, _ in inp.scheduled])
         self._advance(inp)
         if inp.sample_states:
             self._record(inp, tokens)

@@ -19,6 +19,7 @@ from vllm.distributed.parallel_state import (
 )
 from vllm.messages import ExecuteModelRequest, LoRASpec, SamplerOutput
 from vllm.worker.model_runner import ModelRunner
+from vllm.worker.pending_tokens import PendingTokens
 
 
 class Worker:
@@ -34,15 +35,16 @@ class Worker:
         self.tp = TensorParallelGroup()
         self.pp = PipelineGroup()
         self.model_runner: ModelRunner | None = None
+        self._pending_tokens: PendingTokens | None = None  # with stages only
 
     def init_device(self) -> None:
         pc = self.config.parallel_config
-        # 0 means automatic: this machine's cores, split between the ranks
-        # that compute at once: one stage's TP ranks, since pipeline stages take
-        # turns (a waiting stage sleeps in recv). On 2 cores PP=2 with 2 threads
-        # a stage ran 1.35x the throughput of 1 thread a stage.
+        # 0 means automatic: this machine's cores, split between the ranks.
+        # Pipeline stages overlap (each computes its own step), so every rank
+        # computes at once: on 2 cores PP=2 made 1019 tokens/s with 1 thread a
+        # stage against 751 with 2 (benchmarks/README.md, issue 13).
         threads = pc.num_threads_per_worker or max(
-            1, (os.cpu_count() or 1) // pc.tensor_parallel_size
+            1, (os.cpu_count() or 1) // pc.world_size
         )
         torch.set_num_threads(threads)
         if pc.world_size > 1:
@@ -53,6 +55,8 @@ class Worker:
                 pc.pipeline_parallel_size,
             )
         self.model_runner = ModelRunner(self.config, self.tp, self.pp)
+        if self.pp.size > 1:
+            self._pending_tokens = PendingTokens(self.pp, self.model_runner.accept)
 
     def load_model(self) -> None:
         self.model_runner.load_model()
@@ -82,17 +86,22 @@ class Worker:
 
     @torch.inference_mode()
     def execute_model(self, req: ExecuteModelRequest) -> SamplerOutput | None:
-        """Every rank computes the step (each pipeline stage its layers, in
-        turn); the output rank (the last stage's first) alone gathers the
-        logits and samples, then broadcasts the tokens, so every rank keeps the
-        same request states. (Gathering the vocabulary-sized logits to every
-        rank instead costs about twice as much on gloo: 10 ms against 4.4 + 0.8
-        ms at batch 64, vocabulary 49152.) Only the output rank's output is
-        read; the others return None."""
+        """Every rank computes the step (each pipeline stage its layers); the
+        output rank (the last stage's first) alone gathers the logits and
+        samples, then shares the tokens, so every rank keeps the same request
+        states. (Gathering the vocabulary-sized logits to every rank instead
+        costs about twice as much on gloo: 10 ms against 4.4 + 0.8 ms at batch
+        64, vocabulary 49152.) Without stages the tokens are broadcast at once;
+        with stages they are received in the background (see pending_tokens),
+        so an earlier stage goes on to the next step. Only the output rank's
+        output is read; the others return None."""
         runner = self.model_runner
         if self.config.parallel_config.world_size == 1:
             return runner.execute_model(req)
         sampler = self.rank == self.pp.output_rank
+        pending = self._pending_tokens
+        if pending is not None:
+            pending.settle_for(req)
         inp = runner.prepare_inputs(req)
         if inp is None:  # nothing scheduled: the delta only evicted
             return SamplerOutput([], [], []) if sampler else None
@@ -100,13 +109,26 @@ class Worker:
         if sampler:
             out = runner.sample(inp, logits)
             tokens = torch.tensor(out.sampled_token_ids, dtype=torch.long)
-        else:
-            tokens = torch.empty(len(inp.sample_states), dtype=torch.long)
-        self.pp.share_tokens(tokens)
-        if sampler:
+            if pending is None:
+                self.pp.share_tokens(tokens)
+            else:
+                pending.send(tokens)
             return out
+        if pending is not None:
+            pending.expect(inp)
+            return None
+        tokens = self.pp.share_tokens(
+            torch.empty(len(inp.sample_states), dtype=torch.long)
+        )
         runner.accept(inp, tokens.tolist())
         return None
+
+    def steps_ahead(self) -> int:
+        """The most steps this rank computed while an earlier step's tokens
+        were still unrecorded: above 0 when pipeline stages overlapped; 0
+        without stages."""
+        pending = self._pending_tokens
+        return 0 if pending is None else max(0, pending.max_in_flight - 1)
 
     # LoRA adapters: the engine makes these calls on every rank, in one order.
 
