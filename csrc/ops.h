@@ -52,3 +52,27 @@ void sample_from_logits(at::Tensor& tokens,              // [R] int64
                         const at::Tensor& logits,        // [R, V] float32
                         const at::Tensor& temperature,   // [R] float32, > 0
                         const at::Tensor& points);       // [R] float64 in (0, 1]
+
+// Llama decoder layers of a decode-only batch (one token per sequence), the
+// kernels above called in the model's order: x becomes the last layer's MLP
+// output and residual the running sum. Without a residual yet (the model's
+// first layer), has_residual is false and residual is overwritten.
+void decode_layers(at::Tensor& x,                  // [T, H]
+                   at::Tensor& residual,           // [T, H]
+                   const at::Tensor& positions,    // [T] int64
+                   bool has_residual,
+                   at::TensorList input_norms,     // per layer [H]
+                   at::TensorList qkv_weights,     // per layer [(Hq + 2 Hkv) D, H]
+                   at::TensorList o_weights,       // per layer [H, Hq D]
+                   at::TensorList post_norms,      // per layer [H]
+                   at::TensorList gate_up_weights,  // per layer [2 I, H]
+                   at::TensorList down_weights,    // per layer [H, I]
+                   at::TensorList key_caches,      // per layer, written
+                   at::TensorList value_caches,    // per layer, written
+                   const at::Tensor& slot_mapping,  // [T] int64
+                   const at::Tensor& block_tables,  // [T, max_blocks] int32
+                   const at::Tensor& context_lens,  // [T] int32
+                   const at::Tensor& cos_sin_cache,  // [max_pos, rot_dim]
+                   bool is_neox, int64_t num_heads, int64_t num_kv_heads,
+                   int64_t head_size, double eps, double scale,
+                   int64_t max_kernel_rows);

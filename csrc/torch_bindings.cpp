@@ -28,6 +28,15 @@ TORCH_LIBRARY(_C, m) {
   m.def(
       "sample_from_logits(Tensor! tokens, Tensor logits, Tensor temperature,"
       " Tensor points) -> ()");
+  m.def(
+      "decode_layers(Tensor! x, Tensor! residual, Tensor positions,"
+      " bool has_residual, Tensor[] input_norms, Tensor[] qkv_weights,"
+      " Tensor[] o_weights, Tensor[] post_norms, Tensor[] gate_up_weights,"
+      " Tensor[] down_weights, Tensor(a!)[] key_caches,"
+      " Tensor(b!)[] value_caches, Tensor slot_mapping, Tensor block_tables,"
+      " Tensor context_lens, Tensor cos_sin_cache, bool is_neox, int num_heads,"
+      " int num_kv_heads, int head_size, float eps, float scale,"
+      " int max_kernel_rows) -> ()");
 }
 
 // CUDA kernels will register under the same schemas with
@@ -41,6 +50,7 @@ TORCH_LIBRARY_IMPL(_C, CPU, m) {
   m.impl("paged_attention_decode", &paged_attention_decode);
   m.impl("linear", &linear);
   m.impl("sample_from_logits", &sample_from_logits);
+  m.impl("decode_layers", &decode_layers);
 }
 
 // An empty Python module: it exists so that `import vllm._C` finds and loads

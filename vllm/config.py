@@ -81,6 +81,9 @@ class ModelConfig:
     load_format: str = "auto"
     # Run the compiled vllm._C kernels where they apply (VLLM_USE_CUSTOM_KERNELS).
     use_custom_kernels: bool = True
+    # Decode-only steps run the layers in one compiled call where it applies
+    # (VLLM_DECODE_LAYER_LOOP; model_executor/layers/decode_loop.py).
+    decode_layer_loop: bool = True
     # Most logprobs a request may ask for (logprobs and prompt_logprobs); -1
     # allows up to the vocabulary size. vLLM's default, the OpenAI API's limit.
     max_logprobs: int = 20
@@ -189,7 +192,7 @@ class ParallelConfig:
     # Ray placement-group strategy for the worker actors (RAY_PLACEMENT_STRATEGIES).
     ray_placement_strategy: str = "PACK"
     # torch threads per worker; 0 splits the worker's machine evenly between
-    # its ranks (pipeline stages compute at once, each on its own step).
+    # the ranks that compute at once (see threads_per_rank).
     num_threads_per_worker: int = 0
     spmd_step_notifier: bool = True
     spmd_worker_niceness: int = 0
@@ -208,6 +211,20 @@ class ParallelConfig:
     def output_rank(self) -> int:
         """The rank that samples and answers each step: the last stage's first."""
         return (self.pipeline_parallel_size - 1) * self.tensor_parallel_size
+
+    def stages_overlap(self, async_scheduling: bool) -> int:
+        """Request groups the scheduler keeps (one per pipeline stage when the
+        stages overlap, which comes with async scheduling; else 1, and the
+        stages take turns on each step)."""
+        return self.pipeline_parallel_size if async_scheduling else 1
+
+    def threads_per_rank(self, async_scheduling: bool, cpu_count: int) -> int:
+        """torch threads per rank: the setting, or this machine's cores split
+        between the ranks that compute at once (every rank when the stages
+        overlap; one stage's TP ranks when they take turns, a waiting stage
+        sleeping in its receive)."""
+        busy = self.tensor_parallel_size * self.stages_overlap(async_scheduling)
+        return self.num_threads_per_worker or max(1, cpu_count // busy)
 
     def __post_init__(self) -> None:
         if self.tensor_parallel_size < 1:

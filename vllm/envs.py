@@ -47,8 +47,9 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
     "VLLM_CPU_NUM_THREADS": (
         _int("VLLM_CPU_NUM_THREADS", 0),
         "torch threads per worker; 0 splits the machine's cores evenly between the "
-        "ranks (tensor-parallel ranks and pipeline stages, which compute at once) "
-        "so they do not oversubscribe the CPU. Read into "
+        "ranks that compute at once (one pipeline stage's tensor-parallel ranks; "
+        "all ranks when stages overlap under --async-scheduling) so they do not "
+        "oversubscribe the CPU. Read into "
         "ParallelConfig.num_threads_per_worker.",
     ),
     "VLLM_USE_CUSTOM_KERNELS": (
@@ -56,6 +57,13 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
         "Use the compiled vllm._C kernels when they are built; 0 forces the "
         "pure-torch paths (for comparisons). Read into "
         "ModelConfig.use_custom_kernels.",
+    ),
+    "VLLM_DECODE_LAYER_LOOP": (
+        _flag("VLLM_DECODE_LAYER_LOOP", "1"),
+        "Run a decode-only step's decoder layers in one compiled call "
+        "(_C::decode_layers: the same kernels in the same order, without the "
+        "Python between them) where it applies; 0 keeps the module loop (for "
+        "comparisons). Read into ModelConfig.decode_layer_loop.",
     ),
     "VLLM_USE_SPMD_WORKER": (
         lambda: _flag("VLLM_USE_SPMD_WORKER")() or _flag("VLLM_USE_RAY_SPMD_WORKER")(),

@@ -1,6 +1,7 @@
 """Pipeline parallelism: each stage builds and loads only its layers; PP=2 and
 TP=2 x PP=2 give the tokens of one worker in the engine (uni), with and without
-async scheduling, on every SPMD plane; the legacy planes refuse PP at start."""
+async scheduling (with it the stages overlap), on every SPMD plane; the legacy
+planes refuse PP at start."""
 
 import argparse
 import os
@@ -28,6 +29,7 @@ CASES = [
     ("spmd_mp", 2, 2, True, True),
     ("spmd_ray", 1, 2, True, False),
     ("spmd_graph", 2, 2, False, False),
+    ("spmd_graph", 1, 2, True, False),
 ]
 
 
@@ -96,10 +98,11 @@ def test_tokens_equal_uni(
         llm.shutdown()
     assert got == reference
     assert len(set(pids)) == tp * pp  # a control call reaches every rank
-    # Stages overlapped: every rank before the output rank went on to later
-    # steps before it had an earlier step's tokens.
+    # With async scheduling the stages overlap: every rank before the output
+    # rank went on to later steps before it had an earlier step's tokens.
+    # Without, they take turns.
     output_rank = (pp - 1) * tp
-    assert all(n > 0 for n in ahead[:output_rank]), ahead
+    assert all((n > 0) == async_scheduling for n in ahead[:output_rank]), ahead
     assert ahead[output_rank] == 0
     if ranks is None:
         return
@@ -111,8 +114,10 @@ def test_tokens_equal_uni(
         first, last = stage == 0, stage == pp - 1
         want = ["embed_tokens"] * first + ["norm", "lm_head"] * last
         assert parts == want, rank
-    # Stages compute at once, so each rank gets its share of the machine.
-    threads = envs.VLLM_CPU_NUM_THREADS or max(1, (os.cpu_count() or 1) // (tp * pp))
+    # Overlapping stages compute at once: each rank gets its share of the
+    # machine. Stages that take turns share one stage's share.
+    busy = tp * (pp if async_scheduling else 1)
+    threads = envs.VLLM_CPU_NUM_THREADS or max(1, (os.cpu_count() or 1) // busy)
     assert [r[5] for r in ranks] == [threads] * (tp * pp)
 
 

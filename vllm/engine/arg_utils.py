@@ -183,6 +183,7 @@ class EngineArgs:
             max_model_len=max_len,
             load_format=self.load_format,
             use_custom_kernels=envs.VLLM_USE_CUSTOM_KERNELS,
+            decode_layer_loop=envs.VLLM_DECODE_LAYER_LOOP,
             max_logprobs=self.max_logprobs,
         )
         return VllmConfig(

@@ -45,9 +45,13 @@ class LLMEngine:
                 "--max-model-len or raise --kv-cache-space"
             )
         self.executor.initialize_cache(self.num_kv_blocks)
-        pp = vllm_config.parallel_config.pipeline_parallel_size
+        # With async scheduling, pipeline stages overlap: one request group per
+        # stage, and a step in flight for each (ParallelConfig.stages_overlap).
+        groups = vllm_config.parallel_config.stages_overlap(
+            vllm_config.scheduler_config.async_scheduling
+        )
         self.steps = StepQueue(
-            self.executor, vllm_config.scheduler_config.async_scheduling, pp
+            self.executor, vllm_config.scheduler_config.async_scheduling, groups
         )
         logger.info("KV cache: %d blocks (%d tokens)", self.num_kv_blocks, capacity)
         self.scheduler = Scheduler(
@@ -59,7 +63,7 @@ class LLMEngine:
                 enable_caching=cc.enable_prefix_caching,
             ),
             max_loras=lc.max_loras if lc else None,
-            num_groups=pp,
+            num_groups=groups,
         )
         self.loras = LoRARegistry(lc, _lora_targets(vllm_config) if lc else {})
         self.output_processor = OutputProcessor(

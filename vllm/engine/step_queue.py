@@ -7,9 +7,9 @@ forward pass. The scheduler makes that safe (see Request.num_pending): the worke
 feed the tokens they sampled themselves, and a request that stopped at step N only
 leaves in a later message, its extra token dropped.
 
-With pipeline stages, each stage beyond the first keeps one more step in flight,
-so every stage has a step to compute (the scheduler gives consecutive steps
-disjoint requests).
+With pipeline stages that overlap (async scheduling), each stage beyond the
+first keeps one more step in flight, so every stage has a step to compute (the
+scheduler gives consecutive steps disjoint request groups).
 """
 
 from collections import deque
@@ -23,12 +23,11 @@ _NOTHING = SchedulerOutput(ExecuteModelRequest([], [], []), [])
 
 
 class StepQueue:
-    def __init__(
-        self, executor: Executor, async_scheduling: bool, pipeline_stages: int = 1
-    ):
+    def __init__(self, executor: Executor, async_scheduling: bool, groups: int = 1):
         self.executor = executor
-        # Steps left in flight once a step's output is read.
-        self.depth = pipeline_stages - 1 + async_scheduling
+        # Steps left in flight once a step's output is read: one per request
+        # group beyond the first (overlapping stages), one for async scheduling.
+        self.depth = groups - 1 + async_scheduling
         self.in_flight: deque[tuple[SchedulerOutput, StepResult]] = deque()
 
     def run(

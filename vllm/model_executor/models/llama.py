@@ -14,6 +14,7 @@ from vllm.config import ModelConfig
 from vllm.distributed.parallel_state import TensorParallelGroup
 from vllm.model_executor.layers.activation import SiluAndMul
 from vllm.model_executor.layers.attention import Attention, AttentionMetadata, KVCache
+from vllm.model_executor.layers.decode_loop import DecodeLayerLoop
 from vllm.model_executor.layers.layernorm import RMSNorm
 from vllm.model_executor.layers.linear import (
     MergedColumnParallelLinear,
@@ -157,6 +158,10 @@ class LlamaModel(nn.Module):
             for i in range(mc.num_layers)
         )
         self.norm = _rms_norm(mc) if layers.stop == mc.num_layers else None
+        self.decode_loop = DecodeLayerLoop(
+            [self.layers[i] for i in layers],
+            mc.use_custom_kernels and mc.decode_layer_loop,
+        )
 
     def forward(
         self,
@@ -170,9 +175,12 @@ class LlamaModel(nn.Module):
             x, residual = self.embed_tokens(input_ids), None
         else:
             x, residual = carried
-        stage = self.layers[self.layer_range.start : self.layer_range.stop]
-        for layer, kv_cache in zip(stage, kv_caches, strict=True):
-            x, residual = layer(positions, x, residual, kv_cache, meta)
+        if self.decode_loop.applies(x, meta):  # the same layers, compiled loop
+            x, residual = self.decode_loop(positions, x, residual, kv_caches, meta)
+        else:
+            stage = self.layers[self.layer_range.start : self.layer_range.stop]
+            for layer, kv_cache in zip(stage, kv_caches, strict=True):
+                x, residual = layer(positions, x, residual, kv_cache, meta)
         if self.norm is None:
             return x, residual
         if residual is None:  # no layer (the control-plane benchmark's null model)
