@@ -48,6 +48,7 @@ CATEGORIES = (
     ("attn_decode", "attention decode"),
     ("norm_rope_act", "norms / rotary / activation"),
     ("kv_write", "KV write"),
+    ("layer_loop", "decoder layers in one call (_C::decode_layers)"),
     ("other_ops", "other ops in forward"),
     ("python_forward", "python in forward"),
     ("logits", "logits (LM head)"),
@@ -64,6 +65,9 @@ FORWARD = "vllm::forward"
 STEP = "profile_step::step"
 # Forward-scope ops by name, first match wins.
 OP_NAMES = (
+    # A decode-only step's whole layer loop: linear, attention, norms and KV
+    # write together, its kernels called directly (not one op each).
+    ("layer_loop", ("_C::decode_layers",)),
     ("attn_prefill", ("aten::scaled_dot_product_attention",)),
     ("attn_decode", ("_C::paged_attention_decode",)),
     ("kv_write", ("_C::reshape_and_cache",)),
