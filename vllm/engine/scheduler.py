@@ -72,7 +72,7 @@ class Scheduler:
         config: SchedulerConfig,
         block_manager: BlockManager,
         max_loras: int | None = None,  # None: LoRA off
-        num_groups: int = 1,  # pipeline stages: steps in flight at once
+        num_groups: int = 1,  # one per overlapping pipeline stage
     ):
         self.config = config
         self.num_groups = num_groups
@@ -154,11 +154,13 @@ class Scheduler:
         bm, i = self.block_manager, 0
         pending = self._pending_keys(scheduled)
         loras = {r.lora_int_id for r in self.running if r.lora}
-        # Each group takes its share of the requests known now, so a burst that
-        # one step could admit whole still spreads over the groups.
-        share = -(-(len(self.running) + len(self.waiting)) // self.num_groups)
-        seats = min(share, self._group_cap)
-        seats -= sum(r.group == group for r in self.running)
+        seats = len(self.waiting)  # one group: max_num_seqs is the only cap
+        if self.num_groups > 1:
+            # Each group takes its share of the requests known now, so a burst
+            # that one step could admit whole still spreads over the groups.
+            share = -(-(len(self.running) + len(self.waiting)) // self.num_groups)
+            seats = min(share, self._group_cap)
+            seats -= sum(r.group == group for r in self.running)
         while i < len(self.waiting) and budget > 0 and seats > 0:
             if len(self.running) >= self.config.max_num_seqs:
                 break
