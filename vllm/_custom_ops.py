@@ -236,6 +236,14 @@ _LINEAR_WEIGHTS = {
 }
 
 
+def linear_kernel_max_rows(x_dtype: torch.dtype, weight_dtypes: set) -> int:
+    """Rows up to which ``linear`` runs the kernel for these dtypes (-1: never),
+    for callers that apply its rule elsewhere (``_C::decode_layers``)."""
+    if not weight_dtypes <= set(_LINEAR_WEIGHTS.get(x_dtype, ())):
+        return -1
+    return _LINEAR_MAX_ROWS.get(x_dtype, -1)
+
+
 def rms_norm(
     out: torch.Tensor,  # [T, H]
     x: torch.Tensor,  # [T, H]

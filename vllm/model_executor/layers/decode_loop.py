@@ -35,6 +35,7 @@ class DecodeLayerLoop:
         self.layers = layers  # LlamaDecoderLayer of this stage, in order
         self.enabled = enabled and ops.HAS_KERNELS and bool(layers)
         self._args: tuple | None = None  # per-layer lists, once weights are final
+        self._max_kernel_rows = -1  # ops.linear's kernel rule, found with _args
 
     def applies(self, x: torch.Tensor, meta: AttentionMetadata) -> bool:
         return (
@@ -119,6 +120,5 @@ class DecodeLayerLoop:
         if rotary.cos_sin_cache.dtype not in (torch.float32, x.dtype):
             return None
         weights = {t.dtype for row in rows for t in row[1:3] + row[4:]}
-        fits = weights <= set(ops._LINEAR_WEIGHTS.get(x.dtype, ()))
-        self._max_kernel_rows = ops._LINEAR_MAX_ROWS.get(x.dtype, -1) if fits else -1
+        self._max_kernel_rows = ops.linear_kernel_max_rows(x.dtype, weights)
         return tuple(list(col) for col in zip(*rows))
