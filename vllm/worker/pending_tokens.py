@@ -30,7 +30,7 @@ class PendingTokens:
         # (step inputs, request ids, tokens [S], receive handle), oldest first.
         self.steps: deque[tuple[ModelInput, set[str], torch.Tensor, Any]] = deque()
         self.sends: deque[Any] = deque()  # the output rank's sends not known done
-        self.max_in_flight = 0  # most steps held at once (overlap happened if > 0)
+        self.max_in_flight = 0  # most steps held at once (overlap happened if > 1)
 
     def expect(self, inp: ModelInput) -> None:
         """Starts receiving the tokens ``inp`` samples (on a non-output rank)."""
