@@ -212,7 +212,7 @@ class ParallelConfig:
         """The rank that samples and answers each step: the last stage's first."""
         return (self.pipeline_parallel_size - 1) * self.tensor_parallel_size
 
-    def stages_overlap(self, async_scheduling: bool) -> int:
+    def request_groups(self, async_scheduling: bool) -> int:
         """Request groups the scheduler keeps (one per pipeline stage when the
         stages overlap, which comes with async scheduling; else 1, and the
         stages take turns on each step)."""
@@ -223,7 +223,7 @@ class ParallelConfig:
         between the ranks that compute at once (every rank when the stages
         overlap; one stage's TP ranks when they take turns, a waiting stage
         sleeping in its receive)."""
-        busy = self.tensor_parallel_size * self.stages_overlap(async_scheduling)
+        busy = self.tensor_parallel_size * self.request_groups(async_scheduling)
         return self.num_threads_per_worker or max(1, cpu_count // busy)
 
     def __post_init__(self) -> None:

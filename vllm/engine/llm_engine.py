@@ -46,8 +46,8 @@ class LLMEngine:
             )
         self.executor.initialize_cache(self.num_kv_blocks)
         # With async scheduling, pipeline stages overlap: one request group per
-        # stage, and a step in flight for each (ParallelConfig.stages_overlap).
-        groups = vllm_config.parallel_config.stages_overlap(
+        # stage, and a step in flight for each (ParallelConfig.request_groups).
+        groups = vllm_config.parallel_config.request_groups(
             vllm_config.scheduler_config.async_scheduling
         )
         self.steps = StepQueue(
