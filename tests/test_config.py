@@ -252,9 +252,63 @@ def test_resolve_dtype_on_cpu(requested, stored, flags, want):
 
 
 def test_cpu_flags_reads_this_machine():
-    from vllm.cpu_info import cpu_flags
+    from vllm import envs
+    from vllm.cpu_info import cpu_flags, mask_flags
 
     flags = cpu_flags()
     with open("/proc/cpuinfo") as f:
         listed = next(line for line in f if line.startswith("flags"))
-    assert flags and flags == frozenset(listed.split(":", 1)[1].split())
+    host = frozenset(listed.split(":", 1)[1].split())
+    assert flags and flags == mask_flags(host, envs.VLLM_CPU_ISA_LEVEL)
+
+
+SAPPHIRE_RAPIDS = frozenset(
+    [
+        "sse4_2",
+        "avx",
+        "avx2",
+        "fma",
+        "f16c",
+        "avx512f",
+        "avx512bw",
+        "avx512vl",
+        "avx512_vnni",
+        "avx512_bf16",
+        "avx512_fp16",
+        "amx_tile",
+        "amx_bf16",
+        "amx_int8",
+        "avx_vnni",
+    ]
+)
+
+
+@pytest.mark.parametrize(
+    ("level", "kept", "gone"),
+    [
+        ("avx2", {"avx2", "fma", "f16c"}, {"avx512f", "avx_vnni", "amx_tile"}),
+        (
+            "avx512",
+            {"avx512f", "avx512_vnni"},
+            {"avx512_bf16", "avx512_fp16", "amx_bf16"},
+        ),
+        ("avx512_bf16", {"avx512_bf16", "avx512_fp16"}, {"amx_tile", "amx_int8"}),
+        ("native", set(SAPPHIRE_RAPIDS), set()),
+    ],
+)
+def test_isa_level_masks_flags(level, kept, gone):
+    from vllm.cpu_info import has_native_bf16, isa_level, mask_flags
+
+    masked = mask_flags(SAPPHIRE_RAPIDS, level)
+    assert kept <= masked and not gone & masked and masked <= SAPPHIRE_RAPIDS
+    assert isa_level(masked) == level
+    assert has_native_bf16(masked) == (level in ("avx512_bf16", "native"))
+    # A mask never adds: an AVX2 host stays AVX2 at every level.
+    assert isa_level(mask_flags(frozenset({"avx2", "fma"}), level)) == "avx2"
+
+
+def test_isa_level_refuses_unknown_level():
+    from vllm.cpu_info import mask_flags
+
+    with pytest.raises(ValueError, match="VLLM_CPU_ISA_LEVEL"):
+        mask_flags(SAPPHIRE_RAPIDS, "avx9000")

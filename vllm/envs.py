@@ -52,6 +52,13 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
         "oversubscribe the CPU. Read into "
         "ParallelConfig.num_threads_per_worker.",
     ),
+    "VLLM_CPU_ISA_LEVEL": (
+        _str("VLLM_CPU_ISA_LEVEL", "native"),
+        "Mask the CPU's flags down to a lower level (avx2, avx512, avx512_bf16 or "
+        "native; see vllm/cpu_info.py) so every path gated on a CPU feature can "
+        "run on one machine. Read once per process by vllm.cpu_info.cpu_flags, "
+        "which every dtype, threshold and kernel choice asks.",
+    ),
     "VLLM_USE_CUSTOM_KERNELS": (
         _flag("VLLM_USE_CUSTOM_KERNELS", "1"),
         "Use the compiled vllm._C kernels when they are built; 0 forces the "
