@@ -11,21 +11,28 @@ workers stop and the process exits with status 0.
 
 import argparse
 import asyncio
-import secrets
 import signal
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
-from starlette.exceptions import HTTPException
 
 import vllm
 from vllm.engine.arg_utils import EngineArgs
 from vllm.engine.async_llm_engine import AsyncLLMEngine
 from vllm.engine.metrics import EngineMetrics
-from vllm.entrypoints.openai.cli_args import load_chat_template, make_arg_parser
+from vllm.entrypoints.openai.cli_args import (
+    DEFAULT_MAX_REQUEST_BODY_BYTES,
+    load_chat_template,
+    make_arg_parser,
+)
+from vllm.entrypoints.openai.middleware import (
+    ApiKeyMiddleware,
+    BodyLimitMiddleware,
+    HttpMetricsMiddleware,
+    install_error_handlers,
+)
 from vllm.entrypoints.openai.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -34,7 +41,8 @@ from vllm.entrypoints.openai.protocol import (
 )
 from vllm.entrypoints.openai.serving_chat import OpenAIServingChat
 from vllm.entrypoints.openai.serving_completion import OpenAIServingCompletion
-from vllm.entrypoints.openai.serving_engine import ClientDisconnected, OpenAIError
+from vllm.entrypoints.openai.serving_engine import OpenAIError
+from vllm.entrypoints.openai.tokenizer_pool import TokenizerPool
 from vllm.logger import init_logger
 
 # Named explicitly: run with -m, this module is __main__.
@@ -45,66 +53,6 @@ logger = init_logger("vllm.entrypoints.openai.api_server")
 GRACEFUL_SHUTDOWN_S = 10
 
 
-class _ApiKeyMiddleware:
-    """401 for /v1/* requests without 'Authorization: Bearer <key>'."""
-
-    def __init__(self, app, api_key: str):
-        self.app = app
-        self.expected = f"Bearer {api_key}".encode()
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["path"].startswith("/v1"):
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            if not secrets.compare_digest(given, self.expected):
-                error = OpenAIError(
-                    "Unauthorized: missing or wrong API key",
-                    status=401,
-                    type="authentication_error",
-                    code="invalid_api_key",
-                )
-                await error.response()(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
-class _HttpMetricsMiddleware:
-    """Counts HTTP responses by method, route and status code."""
-
-    def __init__(self, app, counter: Counter, handlers: set[str]):
-        self.app = app
-        self.counter = counter
-        self.handlers = handlers
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        status = [500]
-
-        async def send_and_count(message):
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_count)
-        finally:
-            path = scope["path"]
-            handler = path if path in self.handlers else "none"
-            self.counter.labels(scope["method"], handler, str(status[0])).inc()
-
-
-def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
-    parts, param = [], None
-    for error in exc.errors():
-        loc = [str(x) for x in error.get("loc", ()) if x != "body"]
-        if error.get("type") == "json_invalid":
-            return f"Invalid JSON in the request body: {error.get('msg')}", None
-        param = param or (loc[0] if loc else None)
-        parts.append(f"{'.'.join(loc) or 'body'}: {error.get('msg')}")
-    return "; ".join(parts) or "invalid request", param
-
-
 def build_app(
     engine: AsyncLLMEngine,
     metrics: EngineMetrics,
@@ -113,28 +61,18 @@ def build_app(
     api_key: str | None = None,
     chat_template: str | None = None,
     model_root: str | None = None,
+    max_request_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_BYTES,
 ) -> FastAPI:
     app = FastAPI(title="vllm", version=vllm.__version__)
-    completion = OpenAIServingCompletion(engine, served_model_names, max_model_len)
-    chat = OpenAIServingChat(engine, served_model_names, max_model_len, chat_template)
+    pool = TokenizerPool(engine.get_tokenizer())
+    completion = OpenAIServingCompletion(
+        engine, served_model_names, max_model_len, pool
+    )
+    chat = OpenAIServingChat(
+        engine, served_model_names, max_model_len, pool, chat_template
+    )
 
-    @app.exception_handler(OpenAIError)
-    async def openai_error(_: Request, exc: OpenAIError):
-        return exc.response()
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(_: Request, exc: RequestValidationError):
-        message, param = _validation_message(exc)
-        return OpenAIError(message, param=param).response()
-
-    @app.exception_handler(HTTPException)
-    async def http_error(_: Request, exc: HTTPException):
-        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return OpenAIError(str(exc.detail), exc.status_code, kind).response()
-
-    @app.exception_handler(ClientDisconnected)
-    async def client_gone(_: Request, exc: ClientDisconnected):
-        return Response(status_code=499)  # nobody is listening
+    install_error_handlers(app, max_request_body_bytes)
 
     @app.get("/health")
     async def health() -> Response:
@@ -171,7 +109,8 @@ def build_app(
         return await chat.create(request, raw)
 
     if api_key:
-        app.add_middleware(_ApiKeyMiddleware, api_key=api_key)
+        app.add_middleware(ApiKeyMiddleware, api_key=api_key)
+    app.add_middleware(BodyLimitMiddleware, limit=max_request_body_bytes)
     counter = Counter(
         "http_requests",
         "HTTP responses by method, route and status code.",
@@ -179,7 +118,7 @@ def build_app(
         registry=metrics.registry,
     )
     handlers = {route.path for route in app.routes}
-    app.add_middleware(_HttpMetricsMiddleware, counter=counter, handlers=handlers)
+    app.add_middleware(HttpMetricsMiddleware, counter=counter, handlers=handlers)
     return app
 
 
@@ -217,6 +156,7 @@ def run_server(args: argparse.Namespace) -> None:
             api_key=args.api_key,
             chat_template=chat_template,
             model_root=args.model,
+            max_request_body_bytes=args.max_request_body_bytes,
         )
         config = uvicorn.Config(
             app,

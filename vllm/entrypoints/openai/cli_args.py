@@ -5,6 +5,10 @@ import os
 
 from vllm.engine.arg_utils import EngineArgs
 
+# A prompt fills max_model_len long before this (8192 tokens are ~50 KB of JSON
+# ids); the room is for batches of prompts and long conversations.
+DEFAULT_MAX_REQUEST_BODY_BYTES = 8 * 1024 * 1024
+
 LOG_LEVELS = ["critical", "error", "warning", "info", "debug", "trace"]
 
 
@@ -30,6 +34,13 @@ def make_arg_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         type=str,
         default=None,
         help="Jinja chat template, or a file holding one; default: the tokenizer's",
+    )
+    add(
+        "--max-request-body-bytes",
+        type=int,
+        default=DEFAULT_MAX_REQUEST_BODY_BYTES,
+        help="larger request bodies get 413 before they are read "
+        f"(default {DEFAULT_MAX_REQUEST_BODY_BYTES})",
     )
     add("--uvicorn-log-level", choices=LOG_LEVELS, default="info")
     add(

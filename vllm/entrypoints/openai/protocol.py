@@ -8,9 +8,9 @@ request is turned into ``SamplingParams``, which names the bad field.
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, WrapValidator
 
 
 def random_id(prefix: str) -> str:
@@ -90,8 +90,30 @@ class SamplingFields(OpenAIModel):
     include_stop_str_in_output: bool = False
 
 
+_PROMPT_LISTS = {
+    str: TypeAdapter(list[str]),
+    list: TypeAdapter(list[list[int]]),
+    int: TypeAdapter(list[int]),
+}
+
+
+def _prompt_by_first_item(value: Any, handler) -> Any:
+    """Validates a prompt list as the form its first item shows. pydantic's
+    smart union would try every form on every item: for 2M token ids (an 8 MB
+    body) that took 1.3 s on the event loop, this takes 35 ms."""
+    if isinstance(value, list) and value:
+        first = type(value[0])
+        return _PROMPT_LISTS.get(first, _PROMPT_LISTS[int]).validate_python(value)
+    return handler(value)
+
+
+Prompt = Annotated[
+    str | list[str] | list[int] | list[list[int]], WrapValidator(_prompt_by_first_item)
+]
+
+
 class CompletionRequest(SamplingFields):
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: Prompt
     max_tokens: int | None = 16
     logprobs: int | None = None
     echo: bool = False

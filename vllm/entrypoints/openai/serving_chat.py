@@ -34,6 +34,7 @@ from vllm.entrypoints.openai.serving_engine import (
     top_entries,
     until_disconnected,
 )
+from vllm.entrypoints.openai.tokenizer_pool import TokenizerPool
 from vllm.outputs import CompletionOutput, PositionLogprobs
 
 
@@ -43,9 +44,10 @@ class OpenAIServingChat(OpenAIServing):
         engine: AsyncLLMEngine,
         served_model_names: list[str],
         max_model_len: int,
+        pool: TokenizerPool,
         chat_template: str | None,
     ):
-        super().__init__(engine, served_model_names, max_model_len)
+        super().__init__(engine, served_model_names, max_model_len, pool)
         self.chat_template = chat_template
 
     async def create(self, request: ChatCompletionRequest, raw: Request) -> Response:
@@ -58,7 +60,7 @@ class OpenAIServingChat(OpenAIServing):
                 "stream_options is only allowed with stream=true",
                 param="stream_options",
             )
-        prompt = self._render(request)
+        prompt = await self._render(request)
         max_tokens = self.resolve_max_tokens(
             len(prompt["prompt_token_ids"]),
             request.max_completion_tokens or request.max_tokens,
@@ -78,25 +80,35 @@ class OpenAIServingChat(OpenAIServing):
             raise server_shutting_down(exc) from exc
         return JSONResponse(body.model_dump())
 
-    def _render(self, request: ChatCompletionRequest) -> dict:
+    async def _render(self, request: ChatCompletionRequest) -> dict:
         if not request.messages:
             raise OpenAIError("messages must not be empty", param="messages")
         try:
-            text = self.tokenizer.apply_chat_template(
+            text = await self.pool.run(
+                _apply_template,
                 [m.to_template() for m in request.messages],
-                chat_template=request.chat_template or self.chat_template,
-                add_generation_prompt=request.add_generation_prompt,
-                tokenize=False,
-                **(request.chat_template_kwargs or {}),
+                request.chat_template or self.chat_template,
+                request.add_generation_prompt,
+                request.chat_template_kwargs or {},
             )
         except Exception as exc:  # template errors are the request's fault
             raise OpenAIError(
                 f"cannot apply the chat template: {exc}", param="messages"
             ) from exc
-        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        ids = await self.encode(text, add_special_tokens=False)
         if not ids:
             raise OpenAIError("the rendered conversation is empty", param="messages")
         return {"prompt": text, "prompt_token_ids": ids}
+
+
+def _apply_template(tokenizer, messages, template, add_generation_prompt, kwargs):
+    return tokenizer.apply_chat_template(
+        messages,
+        chat_template=template,
+        add_generation_prompt=add_generation_prompt,
+        tokenize=False,
+        **kwargs,
+    )
 
 
 class _ChatRun:

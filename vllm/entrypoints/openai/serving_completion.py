@@ -44,7 +44,7 @@ class OpenAIServingCompletion(OpenAIServing):
                 "stream_options is only allowed with stream=true",
                 param="stream_options",
             )
-        prompts = self._prompts(request.prompt)
+        prompts = await self._prompts(request.prompt)
         params = [
             self.sampling_params(
                 request,
@@ -66,7 +66,7 @@ class OpenAIServingCompletion(OpenAIServing):
             raise server_shutting_down(exc) from exc
         return JSONResponse(body.model_dump())
 
-    def _prompts(self, prompt: Any) -> list[dict[str, Any]]:
+    async def _prompts(self, prompt: Any) -> list[dict[str, Any]]:
         if isinstance(prompt, str) or (
             isinstance(prompt, list) and prompt and isinstance(prompt[0], int)
         ):
@@ -76,7 +76,7 @@ class OpenAIServingCompletion(OpenAIServing):
         out = []
         for item in prompt:
             if isinstance(item, str):
-                ids = self.tokenizer.encode(item)
+                ids = await self.encode(item)
                 out.append({"prompt": item, "prompt_token_ids": ids})
             else:
                 out.append({"prompt_token_ids": list(item)})

@@ -16,6 +16,7 @@ from vllm.entrypoints.openai.protocol import (
     ErrorResponse,
     SamplingFields,
 )
+from vllm.entrypoints.openai.tokenizer_pool import TokenizerPool
 from vllm.outputs import PositionLogprobs, RequestOutput
 from vllm.sampling_params import SamplingParams
 
@@ -88,12 +89,15 @@ class OpenAIServing:
         engine: AsyncLLMEngine,
         served_model_names: list[str],
         max_model_len: int,
+        pool: TokenizerPool,
     ):
         self.engine = engine
         self.served_model_names = served_model_names
         self.model_name = served_model_names[0]
         self.max_model_len = max_model_len
+        # The event loop's tokenizer: only for short work (decoding a token).
         self.tokenizer = engine.get_tokenizer()
+        self.pool = pool
 
     def check_model(self, model: str | None) -> None:
         if model is not None and model not in self.served_model_names:
@@ -111,6 +115,21 @@ class OpenAIServing:
             value = getattr(request, name)
             if value is not None and value != harmless:
                 raise OpenAIError(f"`{name}` is not supported", param=name)
+
+    async def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Tokenizes off the event loop; a text too long for max_model_len by
+        its length alone is refused without tokenizing it."""
+        least = self.pool.least_tokens(text, self.max_model_len)
+        if least is not None:
+            raise OpenAIError(
+                f"This model's maximum context length is {self.max_model_len} "
+                f"tokens. However, your prompt has at least {least} tokens "
+                f"({len(text)} characters, at most {self.pool.chars_per_token} "
+                "per token). Please reduce the length of the prompt.",
+                param="prompt",
+                code="context_length_exceeded",
+            )
+        return await self.pool.run(_encode, text, add_special_tokens)
 
     def resolve_max_tokens(self, num_prompt_tokens: int, max_tokens: int | None) -> int:
         """Rejects prompts that leave no room and requests that ask for more
@@ -227,6 +246,10 @@ async def merge_streams(
             task.cancel()
         for stream in streams:
             stream.close()
+
+
+def _encode(tokenizer, text: str, add_special_tokens: bool) -> list[int]:
+    return tokenizer.encode(text, add_special_tokens=add_special_tokens)
 
 
 def _named_field(message: str) -> str | None:
