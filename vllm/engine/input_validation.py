@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vllm.config import VllmConfig
-from vllm.field_checks import check_int_list, check_str, shown
+from vllm.field_checks import check_str, check_token_ids, shown
 from vllm.sampling_params import SamplingParams
 
 _PROMPT_KEYS = ("prompt", "prompt_token_ids")
@@ -129,9 +129,7 @@ class InputValidator:
 
     def _check_prompt(self, raw_ids: Any) -> list[int]:
         lim = self.limits
-        token_ids = check_int_list(
-            "prompt_token_ids", raw_ids, 0, lim.vocab_size - 1, "the vocabulary"
-        )
+        token_ids = check_token_ids("prompt_token_ids", raw_ids, lim.vocab_size)
         if not token_ids:
             raise ValueError("prompt is empty: prompt_token_ids must not be empty")
         if len(token_ids) >= lim.max_model_len:
@@ -156,7 +154,11 @@ class InputValidator:
     def _check_stop_token_ids(self, params: SamplingParams) -> None:
         lim = self.limits
         ids = params.stop_token_ids
-        check_int_list("stop_token_ids", ids, 0, lim.vocab_size - 1, "the vocabulary")
+        check_token_ids("stop_token_ids", ids, lim.vocab_size)
+        for name in ("allowed_token_ids", "logprob_token_ids"):
+            check_token_ids(name, getattr(params, name) or [], lim.vocab_size)
+        bias = params.logit_bias or {}
+        check_token_ids("logit_bias", sorted(bias), lim.vocab_size)
         if params.ignore_eos and lim.eos_token_id in ids:
             raise ValueError(
                 f"stop_token_ids {shown(ids)} holds the EOS token id "

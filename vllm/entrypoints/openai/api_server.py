@@ -15,8 +15,11 @@ import signal
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+from pydantic import ValidationError
+from starlette.background import BackgroundTask
 
 import vllm
 from vllm.engine.arg_utils import EngineArgs
@@ -34,14 +37,20 @@ from vllm.entrypoints.openai.middleware import (
     install_error_handlers,
 )
 from vllm.entrypoints.openai.protocol import (
+    BatchChatCompletionRequest,
     ChatCompletionRequest,
     CompletionRequest,
+    DetokenizeRequest,
+    DetokenizeResponse,
     ModelCard,
     ModelList,
+    TokenizeRequest,
+    TokenizeResponse,
 )
 from vllm.entrypoints.openai.serving_chat import OpenAIServingChat
 from vllm.entrypoints.openai.serving_completion import OpenAIServingCompletion
-from vllm.entrypoints.openai.serving_engine import OpenAIError
+from vllm.entrypoints.openai.serving_engine import OpenAIError, ServingOptions
+from vllm.entrypoints.openai.serving_tokenization import OpenAIServingTokenization
 from vllm.entrypoints.openai.tokenizer_pool import TokenizerPool
 from vllm.logger import init_logger
 
@@ -59,18 +68,19 @@ def build_app(
     served_model_names: list[str],
     max_model_len: int,
     api_key: str | None = None,
-    chat_template: str | None = None,
     model_root: str | None = None,
     max_request_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_BYTES,
+    options: ServingOptions | None = None,
+    load_tracking: bool = False,
 ) -> FastAPI:
+    """The app; ``options`` carries the flags the endpoints read."""
     app = FastAPI(title="vllm", version=vllm.__version__)
     pool = TokenizerPool(engine.get_tokenizer())
-    completion = OpenAIServingCompletion(
-        engine, served_model_names, max_model_len, pool
-    )
-    chat = OpenAIServingChat(
-        engine, served_model_names, max_model_len, pool, chat_template
-    )
+    args = (engine, served_model_names, max_model_len, pool, options)
+    completion = OpenAIServingCompletion(*args)
+    chat = OpenAIServingChat(*args)
+    tokenization = OpenAIServingTokenization(*args)
+    load = LoadCounter(load_tracking)
 
     install_error_handlers(app, max_request_body_bytes)
 
@@ -82,9 +92,19 @@ def build_app(
             return OpenAIError(str(exc), 503, "service_unavailable").response()
         return Response(status_code=200)
 
+    @app.api_route("/ping", methods=["GET", "POST"])
+    async def ping() -> Response:
+        """SageMaker's health check: /health by another name."""
+        return await health()
+
     @app.get("/version")
     async def version() -> JSONResponse:
         return JSONResponse({"version": vllm.__version__})
+
+    @app.get("/load")
+    async def server_load() -> JSONResponse:
+        """Requests in flight (counted with --enable-server-load-tracking)."""
+        return JSONResponse({"server_load": load.value})
 
     @app.get("/v1/models")
     async def models() -> JSONResponse:
@@ -100,13 +120,45 @@ def build_app(
             generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST
         )
 
+    @app.post("/tokenize")
+    async def tokenize(request: TokenizeRequest) -> TokenizeResponse:
+        return await tokenization.tokenize(request)
+
+    @app.post("/detokenize")
+    async def detokenize(request: DetokenizeRequest) -> DetokenizeResponse:
+        return await tokenization.detokenize(request)
+
     @app.post("/v1/completions")
     async def completions(request: CompletionRequest, raw: Request) -> Response:
-        return await completion.create(request, raw)
+        return await load.track(completion.create(request, raw))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: ChatCompletionRequest, raw: Request):
-        return await chat.create(request, raw)
+        return await load.track(chat.create(request, raw))
+
+    @app.post("/v1/chat/completions/batch")
+    async def chat_completions_batch(request: BatchChatCompletionRequest, raw: Request):
+        return await load.track(chat.create_batch(request, raw))
+
+    @app.post("/invocations")
+    async def invocations(raw: Request) -> Response:
+        """SageMaker's one route: a chat body (with "messages") or a completion
+        body (with "prompt")."""
+        try:
+            body = await raw.json()
+        except ValueError as exc:
+            raise OpenAIError("Invalid JSON in the request body", param=None) from exc
+        if isinstance(body, dict) and "messages" in body:
+            request = _validated(ChatCompletionRequest, body)
+            return await load.track(chat.create(request, raw))
+        if isinstance(body, dict) and "prompt" in body:
+            request = _validated(CompletionRequest, body)
+            return await load.track(completion.create(request, raw))
+        raise OpenAIError(
+            "/invocations takes a chat completion (with `messages`) or a "
+            "completion (with `prompt`) request",
+            param="messages",
+        )
 
     if api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=api_key)
@@ -120,6 +172,40 @@ def build_app(
     handlers = {route.path for route in app.routes}
     app.add_middleware(HttpMetricsMiddleware, counter=counter, handlers=handlers)
     return app
+
+
+def _validated(model, body: dict):
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from exc
+
+
+class LoadCounter:
+    """Generation requests in flight, a streaming one until its stream ends
+    (vLLM's --enable-server-load-tracking)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.value = 0
+
+    async def track(self, work) -> Response:
+        if not self.enabled:
+            return await work
+        self.value += 1
+        try:
+            response = await work
+        except BaseException:
+            self.value -= 1
+            raise
+        if isinstance(response, StreamingResponse):
+            response.background = BackgroundTask(self._done)
+        else:
+            self.value -= 1
+        return response
+
+    def _done(self) -> None:
+        self.value -= 1
 
 
 class _Server(uvicorn.Server):
@@ -145,8 +231,19 @@ def run_server(args: argparse.Namespace) -> None:
     engine_args = EngineArgs.from_cli_args(args)
     names = args.served_model_name or [args.model]
     chat_template = load_chat_template(args.chat_template)
-    metrics = EngineMetrics(names[0])
+    shown = args.show_hidden_metrics_for_version
+    metrics = EngineMetrics(names[0], show_hidden=shown is not None)
     engine = AsyncLLMEngine.from_engine_args(engine_args, metrics)
+    cache = engine.vllm_config.cache_config
+    metrics.set_cache_config(
+        {
+            "block_size": str(cache.block_size),
+            "cache_dtype": str(engine.model_config.dtype).replace("torch.", ""),
+            "enable_prefix_caching": str(cache.enable_prefix_caching),
+            "num_gpu_blocks": str(engine.engine.num_kv_blocks),
+            "kv_cache_space_gib": str(cache.kv_cache_space_gib),
+        }
+    )
     try:
         app = build_app(
             engine,
@@ -154,9 +251,16 @@ def run_server(args: argparse.Namespace) -> None:
             names,
             engine.model_config.max_model_len,
             api_key=args.api_key,
-            chat_template=chat_template,
             model_root=args.model,
             max_request_body_bytes=args.max_request_body_bytes,
+            options=ServingOptions(
+                return_tokens_as_token_ids=args.return_tokens_as_token_ids,
+                enable_prompt_tokens_details=args.enable_prompt_tokens_details,
+                enable_force_include_usage=args.enable_force_include_usage,
+                chat_template=chat_template,
+                tool_choice_auto=args.enable_auto_tool_choice,
+            ),
+            load_tracking=args.enable_server_load_tracking,
         )
         config = uvicorn.Config(
             app,
@@ -166,6 +270,7 @@ def run_server(args: argparse.Namespace) -> None:
             access_log=not args.disable_uvicorn_access_log,
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
             lifespan="off",
+            root_path=args.root_path or "",
         )
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, _ignore_signal)
