@@ -7,6 +7,7 @@ step computes one new token per beam instead of the whole sequence.
 ``BeamSearch`` holds the search and is driven by the caller (``LLM.beam_search``
 through the engine's steps, the server through ``AsyncLLMEngine``)."""
 
+import math
 from dataclasses import dataclass, field
 
 from vllm.field_checks import check_bool, check_float, check_int
@@ -51,12 +52,17 @@ class BeamSearchOutput:
 
 
 def beam_score(seq: BeamSearchSequence, eos_token_id: int | None, penalty: float):
-    """Cumulative logprob over length ** length_penalty, the length counting
-    the prompt and not a final EOS (vLLM's score)."""
+    """Orders sequences as vLLM's score does, cumulative logprob over
+    length ** length_penalty (the length counting the prompt and not a final
+    EOS), computed in the log domain: length ** penalty over- or underflows for
+    a large |penalty|. Larger is better."""
     length = len(seq.tokens)
     if eos_token_id is not None and seq.tokens[-1] == eos_token_id:
         length -= 1
-    return seq.cum_logprob / (length**penalty)
+    if seq.cum_logprob >= 0:
+        return math.inf
+    # cum / length**p < 0: the smaller log(-cum) - p * log(length), the better.
+    return -(math.log(-seq.cum_logprob) - penalty * math.log(max(length, 1)))
 
 
 class BeamSearch:

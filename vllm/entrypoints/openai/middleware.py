@@ -10,6 +10,9 @@ from prometheus_client import Counter
 from starlette.exceptions import HTTPException
 
 from vllm.entrypoints.openai.serving_engine import ClientDisconnected, OpenAIError
+from vllm.logger import init_logger
+
+logger = init_logger(__name__)
 
 
 class ApiKeyMiddleware:
@@ -140,3 +143,11 @@ def install_error_handlers(app: FastAPI, max_request_body_bytes: int) -> None:
     @app.exception_handler(ClientDisconnected)
     async def client_gone(_: Request, exc: ClientDisconnected):
         return Response(status_code=499)  # nobody is listening
+
+    @app.exception_handler(Exception)
+    async def server_bug(_: Request, exc: Exception):
+        # A bug (the fuzzer's finding), still answered as an OpenAI error.
+        logger.exception("internal error", exc_info=exc)
+        return OpenAIError(
+            f"internal server error: {type(exc).__name__}", 500, "internal_server_error"
+        ).response()
