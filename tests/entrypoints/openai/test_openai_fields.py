@@ -227,9 +227,15 @@ def test_tokenize_detokenize_ping_invocations_batch(server, model):
         server, "/v1/chat/completions/batch",
         {"model": model, "messages": [CHAT, CHAT + CHAT], "max_tokens": 2},
     ).json()  # fmt: skip
-    assert batch["object"] == "list" and len(batch["data"]) == 2
-    prompts = [d["usage"]["prompt_tokens"] for d in batch["data"]]
-    assert prompts[1] > prompts[0]
+    assert batch["object"] == "chat.completion"
+    assert [c["index"] for c in batch["choices"]] == [0, 1]
+    one = post(server, "/v1/chat/completions", {"messages": CHAT, "max_tokens": 2})
+    two = post(
+        server, "/v1/chat/completions", {"messages": CHAT + CHAT, "max_tokens": 2}
+    )
+    assert batch["usage"]["prompt_tokens"] == sum(
+        r.json()["usage"]["prompt_tokens"] for r in (one, two)
+    )
 
 
 def test_server_load_counts_requests_in_flight(server, model):

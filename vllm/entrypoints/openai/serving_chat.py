@@ -92,8 +92,8 @@ class OpenAIServingChat(OpenAIServing):
     async def create_batch(
         self, request: BatchChatCompletionRequest, raw: Request
     ) -> Response:
-        """Several conversations in one request: one response each, returned
-        together ({"object": "list", "data": [...]}); no streaming."""
+        """Several conversations in one request: one chat.completion whose
+        choices are each conversation's, indexed in order; no streaming."""
         if request.stream:
             raise OpenAIError(
                 "streaming is not supported for batch chat completions",
@@ -110,16 +110,26 @@ class OpenAIServingChat(OpenAIServing):
         prompts = [await self.render(request, conv) for conv in request.messages]
         params = [self.chat_params(request, p) for p in prompts]
         streams = await self.submit(base, prompts, params)
-        bodies = []
+        choices, num_prompt, num_out = [], 0, 0
         for i, (prompt, stream) in enumerate(zip(prompts, streams)):
-            run = _ChatRun(self, request, f"{base}-{i}", prompt, request.messages[i])
+            run = _ChatRun(self, request, base, prompt, request.messages[i])
             try:
-                bodies.append(await until_disconnected(raw, run.collect(stream)))
+                body = await until_disconnected(raw, run.collect(stream))
             except EngineDeadError as exc:
                 raise server_shutting_down(exc) from exc
-        return JSONResponse(
-            {"object": "list", "data": [b.model_dump() for b in bodies]}
+            for choice in body.choices:  # conversation i's choices, in order
+                choice.index = len(choices)
+                choices.append(choice)
+            num_prompt += body.usage.prompt_tokens
+            num_out += body.usage.completion_tokens
+        # As vLLM: one chat.completion whose choices are the conversations'.
+        response = ChatCompletionResponse(
+            id=base,
+            model=self.model_name,
+            choices=choices,
+            usage=self.usage(num_prompt, num_out, None),
         )
+        return JSONResponse(response.model_dump())
 
     def chat_params(self, request: ChatCompletionRequest, prompt: dict):
         max_tokens = self.resolve_max_tokens(
