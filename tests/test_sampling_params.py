@@ -256,3 +256,20 @@ def test_outputs_types():
     req = RequestOutput("r0", "p", [1, 2], [None, lp], [out], finished=True)
     assert req.outputs[0].logprobs[0][5].decoded_token == "hi"
     assert req.prompt_logprobs[0] is None
+
+
+def test_logit_bias_checked_and_keyed_by_int():
+    params = SamplingParams(logit_bias={"5": 1.5, 7: -100})
+    assert params.logit_bias == {5: 1.5, 7: -100.0}
+    with pytest.raises(ValueError, match=r"\['bad1', 'bad2'\]"):
+        SamplingParams(logit_bias={"bad1": 1, "bad2": 2})
+    with pytest.raises(
+        ValueError, match=r"logit_bias\[3\] must be in \[-100.0, 100.0\]"
+    ):
+        SamplingParams(logit_bias={3: 101})
+    opts = SamplingParams(logit_bias={5: 2.0}, allowed_token_ids=[1, 5]).to_options(
+        0, 2
+    )
+    assert (opts.bias_ids, opts.bias_values, opts.allowed_ids) == ([5], [2.0], [1, 5])
+    with pytest.raises(ValueError, match="allowed_token_ids must not be empty"):
+        SamplingParams(allowed_token_ids=[])

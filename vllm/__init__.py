@@ -1,5 +1,6 @@
 """A small LLM inference engine with vLLM's interface."""
 
+from vllm.beam_search import BeamSearchParams
 from vllm.engine.arg_utils import EngineArgs
 from vllm.engine.async_llm_engine import AsyncLLMEngine
 from vllm.engine.llm_engine import LLMEngine
@@ -12,6 +13,7 @@ __version__ = "0.1.0"
 __all__ = [
     "LLM",
     "AsyncLLMEngine",
+    "BeamSearchParams",
     "CompletionOutput",
     "EngineArgs",
     "LLMEngine",

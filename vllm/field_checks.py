@@ -143,6 +143,19 @@ def check_int_list(
     return out
 
 
+def check_token_ids(name: str, value: Any, vocab_size: int) -> list[int]:
+    """Token ids: ints in the vocabulary; the message says 'out of vocabulary'
+    and names the vocabulary size (as vLLM words it)."""
+    items = check_int_list(name, value)
+    if items and (min(items) < 0 or max(items) >= vocab_size):
+        i, bad = next((i, t) for i, t in enumerate(items) if not 0 <= t < vocab_size)
+        raise ValueError(
+            f"{name}[{i}]: token id {bad} is out of vocabulary (vocabulary size "
+            f"{vocab_size}: ids 0 to {vocab_size - 1})"
+        )
+    return items
+
+
 def check_str_list(name: str, value: Any) -> list[str]:
     items = check_list(name, value, "strings")
     for i, item in enumerate(items):

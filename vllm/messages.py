@@ -30,6 +30,14 @@ class SamplingOptions(msgspec.Struct, array_like=True, omit_defaults=True):
     banned_ids: list[int] = []  # EOS (unless ignore_eos) and stop_token_ids
     logprobs: int = -1  # top-k logprobs per sampled token; -1 means none
     prompt_logprobs: int = -1  # top-k logprobs per prompt position; -1 means none
+    # logit_bias: bias_values[i] is added to the logit of token bias_ids[i]. It
+    # travels here, in NewRequest, once; the worker keeps it with the request.
+    bias_ids: list[int] = []
+    bias_values: list[float] = []
+    allowed_ids: list[int] = []  # if any, every other token is masked out
+    # If any: logprobs of exactly these tokens (after the sampled one) instead
+    # of the top ``logprobs``.
+    logprob_ids: list[int] = []
 
 
 class LoRASpec(msgspec.Struct, array_like=True, frozen=True):

@@ -56,3 +56,7 @@ class RequestOutput:
     outputs: list[CompletionOutput]
     finished: bool
     lora_request: Any = None  # the LoRARequest it ran with, if any
+    # Prompt tokens served from the prefix cache (None until scheduled).
+    num_cached_tokens: int | None = None
+    # time.monotonic() when it was first scheduled (None until then).
+    first_scheduled_time: float | None = None

@@ -12,6 +12,7 @@ from vllm.field_checks import (
     check_int,
     check_int_list,
     check_str_list,
+    is_int,
 )
 from vllm.messages import SamplingOptions
 
@@ -55,6 +56,13 @@ class SamplingParams:
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    # token id -> value added to its logit before sampling, in [-100, 100]
+    logit_bias: dict[int, float] | None = None
+    # Only these tokens may be sampled (the others are masked out).
+    allowed_token_ids: list[int] | None = None
+    # Return the logprobs of exactly these tokens at each output position (with
+    # the sampled one's), instead of the top ``logprobs``.
+    logprob_token_ids: list[int] | None = None
     # Derived, not a constructor argument.
     _sampling_type: SamplingType = field(init=False, repr=False, compare=False)
 
@@ -109,6 +117,17 @@ class SamplingParams:
         self.stop_token_ids = check_int_list(
             "stop_token_ids", self.stop_token_ids or [], low=0
         )
+        self.logit_bias = _check_logit_bias(self.logit_bias)
+        if self.allowed_token_ids is not None:
+            self.allowed_token_ids = check_int_list(
+                "allowed_token_ids", self.allowed_token_ids, low=0
+            )
+            if not self.allowed_token_ids:
+                raise ValueError("allowed_token_ids must not be empty")
+        if self.logprob_token_ids is not None:
+            self.logprob_token_ids = check_int_list(
+                "logprob_token_ids", self.logprob_token_ids, low=0
+            )
         for name in (
             "ignore_eos",
             "skip_special_tokens",
@@ -116,6 +135,11 @@ class SamplingParams:
             "include_stop_str_in_output",
         ):
             check_bool(name, getattr(self, name))
+
+    def _num_logprobs(self) -> int:
+        if self.logprob_token_ids:
+            return len(self.logprob_token_ids)
+        return -1 if self.logprobs is None else self.logprobs
 
     @property
     def sampling_type(self) -> SamplingType:
@@ -138,14 +162,19 @@ class SamplingParams:
             and eos_token_id not in banned
         ):
             banned.append(eos_token_id)
+        bias = self.logit_bias or {}
         common = dict(
             seed=seed,
+            bias_ids=list(bias),
+            bias_values=list(bias.values()),
+            allowed_ids=list(self.allowed_token_ids or []),
+            logprob_ids=list(self.logprob_token_ids or []),
             presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty,
             repetition_penalty=self.repetition_penalty,
             min_tokens=self.min_tokens,
             banned_ids=banned,
-            logprobs=-1 if self.logprobs is None else self.logprobs,
+            logprobs=self._num_logprobs(),
             prompt_logprobs=-1
             if self.prompt_logprobs is None
             else self.prompt_logprobs,
@@ -160,3 +189,23 @@ class SamplingParams:
             min_p=self.min_p,
             **common,
         )
+
+
+LOGIT_BIAS_RANGE = (-100.0, 100.0)
+
+
+def _check_logit_bias(bias) -> dict[int, float] | None:
+    """Keys are token ids (ints, or strings of digits as JSON sends them);
+    every bad key is named at once."""
+    if bias is None:
+        return None
+    if not isinstance(bias, dict):
+        raise TypeError(f"logit_bias must be a dict; got {type(bias).__name__}")
+    bad = [k for k in bias if not (is_int(k) or (isinstance(k, str) and k.isdigit()))]
+    if bad:
+        raise ValueError(f"logit_bias keys must be token ids (integers); got {bad!r}")
+    low, high = LOGIT_BIAS_RANGE
+    out = {}
+    for key, value in bias.items():
+        out[int(key)] = check_float(f"logit_bias[{key}]", value, low, high)
+    return out

@@ -188,7 +188,9 @@ def test_rejected_batch_leaves_nothing_and_uses_no_ids(llm, reference):
     with pytest.raises(ValueError) as info:
         llm.generate(bad_batch, GREEDY, use_tqdm=False)
     # The message says which prompt of the batch was refused.
-    assert str(info.value).startswith("prompts[2]: prompt_token_ids[1] must be in")
+    assert str(info.value).startswith(
+        "prompts[2]: prompt_token_ids[1]: token id 4096 is out of vocabulary"
+    )
     with pytest.raises(ValueError, match=r"^prompts\[1\]: logprobs must be <= 20"):
         llm.generate([GOOD] * 2, [GREEDY, SamplingParams(logprobs=21)], use_tqdm=False)
     _assert_still_serving(llm, reference)  # also one more request

@@ -214,3 +214,41 @@ def test_sample_returns_logprobs_only_for_rows_that_ask():
     assert logprobs[0].logprobs == pytest.approx(lp[logprobs[0].token_ids].tolist())
     assert logprobs[0].rank == 1
     assert logprobs[1] is None
+
+
+def test_logit_bias_and_allowed_ids_act_per_row_before_sampling():
+    torch.manual_seed(3)
+    logits = torch.randn(3, 30)
+    rows = [
+        Row(SamplingOptions(seed=0, temperature=0.0)),
+        Row(
+            SamplingOptions(seed=0, temperature=0.0, bias_ids=[7], bias_values=[100.0])
+        ),
+        Row(SamplingOptions(seed=0, temperature=0.0, allowed_ids=[4, 9])),
+    ]
+    tokens, _ = sample(logits.clone(), rows)
+    assert tokens[0] == int(logits[0].argmax())
+    assert tokens[1] == 7  # +100 beats any N(0, 1) logit
+    assert tokens[2] == (4 if logits[2, 4] > logits[2, 9] else 9)
+    # A negative bias removes the argmax; random rows sample only allowed ids.
+    best = int(logits[0].argmax())
+    row = Row(
+        SamplingOptions(seed=0, temperature=0.0, bias_ids=[best], bias_values=[-100.0])
+    )
+    assert sample(logits[:1].clone(), [row])[0][0] != best
+    assert set(_draw(logits[0], 300, allowed_ids=[1, 2, 3])) == {1, 2, 3}
+
+
+def test_logprob_ids_replace_top_k_and_stay_raw():
+    torch.manual_seed(4)
+    logits = torch.randn(1, 30)
+    row = Row(
+        SamplingOptions(
+            seed=0, temperature=0.0, logprobs=2, logprob_ids=[5, 6], allowed_ids=[6]
+        )
+    )
+    tokens, (lp,) = sample(logits.clone(), [row])
+    raw = torch.log_softmax(logits[0], -1)
+    assert tokens == [6] and lp.token_ids == [6, 5, 6]
+    # The logprobs are the model's, before the mask: finite for token 5 too.
+    assert lp.logprobs == pytest.approx([float(raw[6]), float(raw[5]), float(raw[6])])

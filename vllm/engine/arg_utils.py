@@ -157,7 +157,8 @@ class EngineArgs:
         )
         add(
             "--async-scheduling",
-            action="store_true",
+            action=argparse.BooleanOptionalAction,
+            default=False,
             help="schedule the next step while the workers compute this one",
         )
         return parser

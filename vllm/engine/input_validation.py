@@ -21,11 +21,12 @@ What a request must satisfy (README, "Limits and errors"):
 """
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from typing import Any
 
 from vllm.config import VllmConfig
-from vllm.field_checks import check_int_list, check_str, shown
+from vllm.field_checks import check_str, check_token_ids, shown
 from vllm.sampling_params import SamplingParams
 
 _PROMPT_KEYS = ("prompt", "prompt_token_ids")
@@ -57,6 +58,7 @@ class InputValidator:
     def __init__(self, limits: RequestLimits, tokenizer: Any):
         self.limits = limits
         self.tokenizer = tokenizer
+        self._bound = chars_per_token_bound(tokenizer)
 
     @classmethod
     def from_config(
@@ -94,10 +96,20 @@ class InputValidator:
         self._check_fits_kv_cache(params, len(token_ids), max_tokens)
         return CheckedRequest(text, token_ids, params, max_tokens)
 
+    def _encode(self, text: str) -> list[int]:
+        least = prompt_too_long(text, self._bound, self.limits.max_model_len)
+        if least is not None:
+            raise ValueError(
+                f"prompt length (at least {least} tokens: {len(text)} characters, "
+                f"a token holds at most {self._bound}) must be shorter than "
+                f"max_model_len ({self.limits.max_model_len})"
+            )
+        return self.tokenizer.encode(text)
+
     def _parse_prompt(self, prompt: Any) -> tuple[str | None, Any]:
         """-> (text or None, token ids not yet checked)."""
         if isinstance(prompt, str):
-            return prompt, self.tokenizer.encode(prompt)
+            return prompt, self._encode(prompt)
         if not isinstance(prompt, dict):
             raise TypeError(
                 f"prompt must be {_PROMPT_FORMS}; got {type(prompt).__name__} "
@@ -111,15 +123,13 @@ class InputValidator:
             )
         if "prompt_token_ids" not in prompt:
             text = check_str("prompt", prompt["prompt"])
-            return text, self.tokenizer.encode(text)
+            return text, self._encode(text)
         text = check_str("prompt", prompt.get("prompt"), optional=True)
         return text, prompt["prompt_token_ids"]
 
     def _check_prompt(self, raw_ids: Any) -> list[int]:
         lim = self.limits
-        token_ids = check_int_list(
-            "prompt_token_ids", raw_ids, 0, lim.vocab_size - 1, "the vocabulary"
-        )
+        token_ids = check_token_ids("prompt_token_ids", raw_ids, lim.vocab_size)
         if not token_ids:
             raise ValueError("prompt is empty: prompt_token_ids must not be empty")
         if len(token_ids) >= lim.max_model_len:
@@ -144,7 +154,11 @@ class InputValidator:
     def _check_stop_token_ids(self, params: SamplingParams) -> None:
         lim = self.limits
         ids = params.stop_token_ids
-        check_int_list("stop_token_ids", ids, 0, lim.vocab_size - 1, "the vocabulary")
+        check_token_ids("stop_token_ids", ids, lim.vocab_size)
+        for name in ("allowed_token_ids", "logprob_token_ids"):
+            check_token_ids(name, getattr(params, name) or [], lim.vocab_size)
+        bias = params.logit_bias or {}
+        check_token_ids("logit_bias", sorted(bias), lim.vocab_size)
         if params.ignore_eos and lim.eos_token_id in ids:
             raise ValueError(
                 f"stop_token_ids {shown(ids)} holds the EOS token id "
@@ -180,6 +194,65 @@ class InputValidator:
                 f"cache holds {lim.num_kv_blocks} blocks of {lim.block_size} tokens; "
                 "lower n, max_tokens or the prompt, or raise --kv-cache-space"
             )
+
+
+# Normalizers that never shorten a text: every character survives, possibly
+# replaced by one or more characters (a space by a metaspace) or joined by a
+# prefix. Anything else (NFC composition, stripping accents) can shrink a text
+# and so void the bound below.
+_NON_SHRINKING = {"Prepend", "Replace"}
+
+
+def chars_per_token_bound(tokenizer: Any) -> int | None:
+    """The most characters of text one token can stand for, or None where that
+    cannot be told from the tokenizer's description alone.
+
+    A fast tokenizer splits the (normalized) text into tokens whose vocabulary
+    strings cover it: one character per byte for byte-level BPE, one per
+    character for SentencePiece-style vocabularies. So no token covers more
+    characters than its vocabulary string is long, and a text of C characters
+    has at least C / bound tokens. That fails where text can vanish before or
+    while it is split: a shrinking normalizer, an added token that swallows the
+    spaces around it (lstrip/rstrip), or unknown characters fused into one
+    token."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    try:
+        spec = json.loads(backend.to_str())
+    except Exception:
+        return None
+    if not _never_shrinks(spec.get("normalizer")):
+        return None
+    if any(t.get("lstrip") or t.get("rstrip") for t in spec.get("added_tokens", [])):
+        return None
+    model = spec.get("model") or {}
+    if model.get("fuse_unk") and not model.get("byte_fallback"):
+        return None
+    longest = max((len(key) for key in tokenizer.get_vocab()), default=0)
+    return longest or None
+
+
+def _never_shrinks(normalizer: dict | None) -> bool:
+    if normalizer is None:
+        return True
+    kind = normalizer.get("type")
+    if kind == "Sequence":
+        return all(_never_shrinks(n) for n in normalizer.get("normalizers", []))
+    if kind == "Replace":
+        pattern = normalizer.get("pattern", {}).get("String")
+        return pattern is not None and len(normalizer.get("content", "")) >= len(
+            pattern
+        )
+    return kind in _NON_SHRINKING
+
+
+def prompt_too_long(text: str, bound: int | None, max_model_len: int) -> int | None:
+    """The least number of tokens ``text`` can have, if that already reaches
+    max_model_len (so it can be refused without tokenizing it); else None."""
+    if bound is None or len(text) <= bound * (max_model_len - 1):
+        return None
+    return -(-len(text) // bound)
 
 
 def _checked_copy(params: Any) -> SamplingParams:

@@ -177,6 +177,7 @@ class OutputProcessor:
         return None
 
     def _make_output(self, parent: ParentRequest) -> RequestOutput:
+        first = parent.children[0].request
         completions = []
         for state in parent.children:
             completions.append(
@@ -202,4 +203,6 @@ class OutputProcessor:
             outputs=completions,
             finished=all(c.finished for c in parent.children),
             lora_request=parent.lora_request,
+            num_cached_tokens=first.num_cached_tokens,
+            first_scheduled_time=first.first_scheduled_time,
         )

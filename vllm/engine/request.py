@@ -52,6 +52,10 @@ class Request:
     group: int = 0
     # Times preempted: tells its current run's tokens from a discarded one's.
     epoch: int = 0
+    # Set when first admitted: prompt tokens the prefix cache held, and when
+    # (time.monotonic(); for the queue and prefill time metrics).
+    num_cached_tokens: int | None = None
+    first_scheduled_time: float | None = None
 
     @property
     def lora_int_id(self) -> int:

@@ -23,6 +23,7 @@ since no token of step N is needed before the group's next turn. A group admits
 up to its share of the requests known at the time, and of ``max_num_seqs``.
 """
 
+import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -185,6 +186,9 @@ class Scheduler:
             del self.waiting[i]
             bm.allocate(req, num_cached + n, cached)
             req.num_computed_tokens = num_cached
+            if req.num_cached_tokens is None:
+                req.num_cached_tokens = num_cached
+                req.first_scheduled_time = time.monotonic()
             self.prefix_cache_stats.queries += req.num_tokens
             self.prefix_cache_stats.hits += num_cached
             req.status = RequestStatus.RUNNING

@@ -7,6 +7,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from vllm.beam_search import BeamSearch, BeamSearchOutput, BeamSearchParams
 from vllm.engine.arg_utils import EngineArgs
 from vllm.engine.llm_engine import LLMEngine, PromptType
 from vllm.field_checks import shown
@@ -92,6 +93,49 @@ class LLM:
             ids = tokenizer.encode(text, add_special_tokens=False)
             prompts.append({"prompt": text, "prompt_token_ids": ids})
         return self.generate(prompts, sampling_params, use_tqdm, lora_request)
+
+    def beam_search(
+        self, prompts: PromptType | Sequence[PromptType], params: BeamSearchParams
+    ) -> list[BeamSearchOutput]:
+        """vLLM's beam search (vllm/beam_search.py): all prompts' searches step
+        together, each step one token for every live beam. Prompts are strings
+        or {"prompt_token_ids": [...]} dicts."""
+        prompts = _as_list("prompts", prompts, (str, dict))
+        tokenizer = self.get_tokenizer()
+        engine = self.llm_engine
+        searches = []
+        for prompt in prompts:
+            if isinstance(prompt, str):
+                ids = tokenizer.encode(prompt)
+            else:
+                ids = prompt.get("prompt_token_ids") or tokenizer.encode(
+                    prompt["prompt"]
+                )
+            searches.append(
+                BeamSearch(
+                    ids,
+                    params,
+                    tokenizer.eos_token_id,
+                    engine.config.model_config.max_model_len,
+                )
+            )
+        while not all(s.done for s in searches):
+            live = [s for s in searches if not s.done]
+            batch = [
+                ({"prompt_token_ids": p}, s.step_params())
+                for s in live
+                for p in s.step_prompts()
+            ]
+            outs = self.generate(
+                [b[0] for b in batch], [b[1] for b in batch], use_tqdm=False
+            )
+            positions = iter(
+                {t: lp.logprob for t, lp in o.outputs[0].logprobs[0].items()}
+                for o in outs
+            )
+            for s in live:
+                s.advance([next(positions) for _ in s.step_prompts()])
+        return [s.result(tokenizer) for s in searches]
 
     def _run(self, ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
         engine = self.llm_engine

@@ -150,7 +150,9 @@ def scrape(server: RemoteServer) -> dict[str, float]:
     for family in text_string_to_metric_families(text):
         for s in family.samples:
             labels = ",".join(
-                f'{k}="{v}"' for k, v in sorted(s.labels.items()) if k != "model_name"
+                f'{k}="{v}"'
+                for k, v in sorted(s.labels.items())
+                if k not in ("model_name", "engine")
             )
             samples[f"{s.name}{{{labels}}}"] = s.value
     return samples

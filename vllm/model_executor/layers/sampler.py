@@ -51,6 +51,7 @@ def sample(
         params = SamplingTensors.from_rows(rows)
     wants_logprobs = any(r.sampling.logprobs >= 0 for r in rows)
     raw = torch.log_softmax(logits, dim=-1) if wants_logprobs else None
+    _apply_allowed_and_bias(logits, rows)
     _apply_penalties(logits, rows, params, token_ids)
     _apply_bans(logits, rows)
     random_mask = params.temperature > 0.0
@@ -67,7 +68,7 @@ def sample(
     if raw is None:
         return token_list, [None] * len(rows)
     return token_list, [
-        logprobs_at(raw[i], token_list[i], r.sampling.logprobs)
+        logprobs_at(raw[i], token_list[i], r.sampling.logprobs, r.sampling.logprob_ids)
         if r.sampling.logprobs >= 0
         else None
         for i, r in enumerate(rows)
@@ -78,11 +79,17 @@ def logprobs_at(
     logprobs: torch.Tensor,  # [V]
     token_id: int,
     k: int,
+    only: Sequence[int] = (),
 ) -> Logprobs:
+    """The chosen token's logprob and rank, then the top k, or the tokens of
+    ``only`` (logprob_token_ids) where given."""
     chosen = logprobs[token_id]
     rank = int((logprobs > chosen).sum()) + 1
     ids, values = [token_id], [float(chosen)]
-    if k > 0:
+    if only:
+        ids += list(only)
+        values += logprobs[list(only)].tolist()
+    elif k > 0:
         top = logprobs.topk(k)
         ids += top.indices.tolist()
         values += top.values.tolist()
@@ -136,6 +143,22 @@ def _apply_penalties(
     presence = params.presence_penalty[picked].unsqueeze(1)
     rows_logits -= presence * (counts > 0).to(logits.dtype)
     logits[picked] = rows_logits
+
+
+def _apply_allowed_and_bias(
+    logits: torch.Tensor,  # [N, V], changed in place
+    rows: Sequence[SamplingRow],
+) -> None:
+    """allowed_token_ids masks every other token; logit_bias adds to logits.
+    Before the penalties, as in vLLM."""
+    for i, r in enumerate(rows):
+        s = r.sampling
+        if s.allowed_ids:
+            keep = logits[i, s.allowed_ids].clone()
+            logits[i].fill_(float("-inf"))
+            logits[i, s.allowed_ids] = keep
+        if s.bias_ids:
+            logits[i, s.bias_ids] += torch.tensor(s.bias_values, dtype=logits.dtype)
 
 
 def _apply_bans(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> None:
